@@ -1,0 +1,397 @@
+"""Readers for the JMASA annotation formats and the TRC relation set.
+
+Every reader returns a `ReadResult`: the canonical examples in file order plus
+the records it skipped. With `on_error='raise'` (the default) the first bad
+record raises `DataFormatError` naming the file and line; with
+`on_error='skip'` the bad record is left out, logged as a warning with its
+file:line and listed in `ReadResult.skipped`, so nothing is lost silently.
+
+Formats (`read_examples` picks one by name or file suffix):
+  json      sentence-level JSON array (or JSON Lines) of
+            {"words", "image_id", "aspects": [{"from", "to" (exclusive),
+            "polarity": POS|NEU|NEG, "term"}]}
+  original  the JML line format of §1.1-1.2:
+            `raw####w1=TAG w2=TAG ...____name=[labels]____name=['image.jpg']`
+  conll     CoNLL sentiment-BIO blocks: `IMGID:<id>` then `token<TAB>tag` lines
+  tsv       per-aspect TSV (TomBERT release): one row per aspect,
+            `index<TAB>label<TAB>image_id<TAB>sentence with $T$<TAB>aspect`
+  trc       the TRC JSON {"words", "image_id", "ifpairs": [R, V]} (`read_trc`)
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import re
+
+import numpy as np
+
+from data_pipeline.examples import Example, RelationExample
+from data_pipeline.reader_common import (ON_ERROR_CHOICES, SHORT_POLARITY, DataFormatError, ErrorPolicy,
+                                         ReadResult, RecordError, json_records, make_example, read_text)
+
+__all__ = ["ON_ERROR_CHOICES", "DataFormatError", "ReadResult", "READERS", "SUFFIX_FORMATS", "read_examples",
+           "read_json", "read_original", "read_conll", "read_tsv", "read_trc", "split_trc"]
+
+_TSV_LABELS = {"0": "negative", "1": "neutral", "2": "positive"}
+_ORIGINAL_TAGS = ("O", "T-POS", "T-NEG", "T-NEU", "T-POS-B", "T-NEG-B", "T-NEU-B")
+_CONLL_TAGS = ("O", "B-POS", "I-POS", "B-NEU", "I-NEU", "B-NEG", "I-NEG")
+
+
+# ----------------------------------------------------------------------------- JSON
+def _int_field(record, key, where=""):
+    value = record.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RecordError(f"{where}{key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _words_field(record):
+    words = record.get("words")
+    if not isinstance(words, list) or not all(isinstance(w, str) and w for w in words):
+        raise RecordError("'words' must be a list of non-empty strings")
+    return words
+
+
+def _image_field(record):
+    image_id = record.get("image_id")
+    if not isinstance(image_id, str) or not image_id:
+        raise RecordError(f"'image_id' must be a non-empty string, got {image_id!r}")
+    return image_id
+
+
+def _json_example(record, example_id: str) -> Example:
+    if not isinstance(record, dict):
+        raise RecordError(f"a record must be a JSON object, got {type(record).__name__}")
+    words = _words_field(record)
+    image_id = _image_field(record)
+    aspects = record.get("aspects")
+    if not isinstance(aspects, list):
+        raise RecordError("'aspects' must be a list")
+    spans = []
+    for k, aspect in enumerate(aspects):
+        where = f"aspect {k}: "
+        if not isinstance(aspect, dict):
+            raise RecordError(f"{where}must be an object")
+        start, stop = _int_field(aspect, "from", where), _int_field(aspect, "to", where)
+        polarity = SHORT_POLARITY.get(aspect.get("polarity"))
+        if polarity is None:
+            raise RecordError(f"{where}polarity {aspect.get('polarity')!r} not in {sorted(SHORT_POLARITY)}")
+        if "term" in aspect and 0 <= start < stop <= len(words) and aspect["term"] != words[start:stop]:
+            raise RecordError(f"{where}term {aspect['term']!r} != words[{start}:{stop}] {words[start:stop]!r}")
+        spans.append((start, stop - 1, polarity))  # 'to' is exclusive
+    return make_example(words, spans, image_id, example_id)
+
+
+def read_json(path, on_error: str = "raise") -> ReadResult:
+    """Reads the sentence-level JSON format (array or JSON Lines) -> ReadResult of Examples."""
+    path, text = read_text(path)
+    issues = ErrorPolicy(path, on_error)
+    examples = []
+    for line, index, record in json_records(path, text):
+        try:
+            if isinstance(record, RecordError):
+                raise record
+            examples.append(_json_example(record, f"{path.stem}:{index}"))
+        except RecordError as e:
+            issues.report(issues.location(e.line or line, index), str(e))
+    return issues.result(examples)
+
+
+# ------------------------------------------------------------------ original lines
+def _original_tag_spans(tags):
+    """Tags of §1.1 -> (start, end, polarity) spans, as `ts2start_end` (§1.2).
+
+    A span starts at every *-B tag and runs over the following tags of the same
+    polarity without -B. A continuation tag (T-XXX) with no open span, or with
+    another polarity than its span, is an error (the original asserts the
+    latter and ignores the former).
+    """
+    spans, open_span = [], None
+    for i, tag in enumerate(tags):
+        if tag == "O":
+            open_span = None
+            continue
+        polarity = SHORT_POLARITY[tag[2:5]]
+        if tag.endswith("-B"):
+            open_span = [i, i, polarity]
+            spans.append(open_span)
+        elif open_span is None:
+            raise RecordError(f"tag {tag} on word {i} continues no aspect (no preceding {tag}-B)")
+        elif open_span[2] != polarity:
+            raise RecordError(f"tag {tag} on word {i} inside a {open_span[2]} aspect")
+        else:
+            open_span[1] = i
+    return [tuple(s) for s in spans]
+
+
+_IMAGE_IDS = re.compile(r"^[^=]*=\[(.*)\]$")
+
+
+def _original_example(line: str, example_id: str) -> Example:
+    parts = line.split("####")
+    if len(parts) != 2:
+        raise RecordError(f"expected exactly one '####' separator, found {len(parts) - 1}")
+    fields = parts[1].split("____")
+    if len(fields) != 3:
+        raise RecordError(f"expected 3 '____'-separated fields after '####', found {len(fields)}")
+    tag_field, label_field, image_field = fields
+    words, tags = [], []
+    for k, item in enumerate(tag_field.split(" ")):
+        # Split on the LAST '=': deliberately fixes §10.13, where any word
+        # containing '=' (other than pure '=' runs) was corrupted by the original.
+        word, eq, tag = item.rpartition("=")
+        if not eq or not word:
+            raise RecordError(f"item {k} {item!r} is not 'word=TAG'")
+        if tag not in _ORIGINAL_TAGS:
+            raise RecordError(f"item {k} {item!r}: tag {tag!r} not in {_ORIGINAL_TAGS}")
+        words.append(word)
+        tags.append(tag)
+    # Image labels are parsed and validated but not kept: the model never uses them (§10.14).
+    labels = _IMAGE_IDS.match(label_field.strip())
+    if labels is None or not all(re.fullmatch(r"\s*-?\d+\s*", x) for x in labels.group(1).split(",")):
+        raise RecordError(f"image-label field {label_field!r} is not 'name=[int, ...]'")
+    ids = _IMAGE_IDS.match(image_field.strip())
+    if ids is None:
+        raise RecordError(f"image-id field {image_field!r} is not \"name=['id']\"")
+    image_ids = [x.strip().strip("'\"") for x in ids.group(1).split(",")]
+    if len(image_ids) != 1 or not image_ids[0]:
+        raise RecordError(f"expected exactly one image id, got {ids.group(1)!r}")  # §1.1
+    return make_example(words, _original_tag_spans(tags), image_ids[0], example_id)
+
+
+def read_original(path, on_error: str = "raise") -> ReadResult:
+    """Reads the original JML line format (§1.1-1.2) -> ReadResult of Examples.
+
+    Words keep their case (see examples.py); blank lines are ignored;
+    example_id is '<stem>:<line number>'.
+    """
+    path, text = read_text(path)
+    issues = ErrorPolicy(path, on_error)
+    examples = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            examples.append(_original_example(line, f"{path.stem}:{line_no}"))
+        except RecordError as e:
+            issues.report(issues.location(line_no), str(e))
+    return issues.result(examples)
+
+
+# ----------------------------------------------------------------------------- CoNLL
+def _conll_example(block, image_suffix: str, example_id: str) -> Example:
+    """block: list of (line_no, line); first line 'IMGID:<id>'."""
+    first_no, first = block[0]
+    if not first.startswith("IMGID:") or not first[len("IMGID:"):].strip():
+        raise RecordError(f"a block must start with 'IMGID:<id>', got {first!r}", first_no)
+    image_id = first[len("IMGID:"):].strip() + image_suffix
+    words, spans, open_span = [], [], None
+    for line_no, line in block[1:]:
+        fields = line.split("\t")
+        if len(fields) < 2 or not fields[0]:
+            raise RecordError(f"expected 'token<TAB>tag', got {line!r}", line_no)
+        token, tag = fields[0], fields[1].strip()
+        if tag not in _CONLL_TAGS:
+            raise RecordError(f"tag {tag!r} not in {_CONLL_TAGS}", line_no)
+        i = len(words)
+        words.append(token)
+        if tag == "O":
+            open_span = None
+        elif tag.startswith("B-"):
+            open_span = [i, i, SHORT_POLARITY[tag[2:]]]
+            spans.append(open_span)
+        elif open_span is None or open_span[2] != SHORT_POLARITY[tag[2:]]:
+            raise RecordError(f"tag {tag} without a preceding B-/I- tag of the same polarity", line_no)
+        else:
+            open_span[1] = i
+    if not words:
+        raise RecordError("block has no token lines", first_no)
+    return make_example(words, [tuple(s) for s in spans], image_id, example_id)
+
+
+def read_conll(path, on_error: str = "raise", image_suffix: str = ".jpg") -> ReadResult:
+    """Reads CoNLL sentiment-BIO blocks -> ReadResult of Examples.
+
+    Blocks are separated by blank lines; image_id = the IMGID value +
+    `image_suffix`; example_id is '<stem>:<line of the IMGID line>'.
+    """
+    path, text = read_text(path)
+    issues = ErrorPolicy(path, on_error)
+    blocks, block = [], []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            block.append((line_no, line))
+        elif block:
+            blocks.append(block)
+            block = []
+    if block:
+        blocks.append(block)
+    examples = []
+    for block in blocks:
+        try:
+            examples.append(_conll_example(block, image_suffix, f"{path.stem}:{block[0][0]}"))
+        except RecordError as e:
+            issues.report(issues.location(e.line or block[0][0]), str(e))
+    return issues.result(examples)
+
+
+# ------------------------------------------------------------------------------ TSV
+def _tsv_row(line: str):
+    """-> (image_id, words, (start, end, polarity)) for one per-aspect row."""
+    fields = line.split("\t")
+    if len(fields) != 5:
+        raise RecordError(f"expected 5 tab-separated fields, found {len(fields)}")
+    _, label, image_id, sentence, aspect = fields
+    polarity = _TSV_LABELS.get(label.strip())
+    if polarity is None:
+        raise RecordError(f"label {label!r} not in {sorted(_TSV_LABELS)} (0=NEG 1=NEU 2=POS)")
+    image_id = image_id.strip()
+    if not image_id:
+        raise RecordError("empty image id")
+    tokens = sentence.split(" ")
+    if tokens.count("$T$") != 1:
+        raise RecordError(f"the sentence must contain the aspect marker $T$ exactly once as a word, "
+                   f"found {tokens.count('$T$')}: {sentence!r}")
+    aspect_words = aspect.strip().split(" ")
+    if not aspect.strip() or "" in aspect_words:
+        raise RecordError(f"bad aspect text {aspect!r}")
+    if "" in tokens:
+        raise RecordError("empty word (double or edge space) in the sentence")
+    at = tokens.index("$T$")
+    words = tokens[:at] + aspect_words + tokens[at + 1:]
+    return image_id, tuple(words), (at, at + len(aspect_words) - 1, polarity)
+
+
+def read_tsv(path, on_error: str = "raise") -> ReadResult:
+    """Reads the per-aspect TSV format -> ReadResult of Examples (one per sentence).
+
+    Consecutive rows with the same image id and the same full sentence (the $T$
+    replaced by the row's aspect) are regrouped into one example. A row that
+    repeats a span already in the group starts a new example: that is how a
+    duplicated sentence shows up in this format. example_id is
+    '<stem>:<line of the group's first row>'. The header line is skipped.
+    """
+    path, text = read_text(path)
+    issues = ErrorPolicy(path, on_error)
+    groups = []  # [first_line, key, spans, line of each span]
+    lines = text.splitlines()
+    for line_no, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        try:
+            image_id, words, span = _tsv_row(line)
+        except RecordError as e:
+            issues.report(issues.location(line_no), str(e))
+            continue
+        key = (image_id, words)
+        if groups and groups[-1][1] == key and span[:2] not in [s[:2] for s in groups[-1][2]]:
+            groups[-1][2].append(span)
+            groups[-1][3].append(line_no)
+        else:
+            groups.append([line_no, key, [span], [line_no]])
+    examples = []
+    for first, (image_id, words), spans, span_lines in groups:
+        kept = []
+        for span, line_no in sorted(zip(spans, span_lines)):
+            try:  # validate span by span so 'skip' drops only the offending row
+                make_example(words, kept + [span], image_id, "")
+                kept.append(span)
+            except RecordError as e:
+                issues.report(issues.location(line_no), str(e))
+        examples.append(make_example(words, kept, image_id, f"{path.stem}:{first}"))
+    return issues.result(examples)
+
+
+# ------------------------------------------------------------------------------ TRC
+def _trc_example(record, example_id: str) -> RelationExample:
+    if not isinstance(record, dict):
+        raise RecordError(f"a record must be a JSON object, got {type(record).__name__}")
+    words = record.get("words")
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise RecordError("'words' must be a list of strings")
+    image_id = _image_field(record)
+    pair = record.get("ifpairs")
+    if not (isinstance(pair, list) and len(pair) == 2 and all(v in (0, 1) and not isinstance(v, bool) for v in pair)):
+        raise RecordError(f"'ifpairs' must be [text_is_represented, image_adds] with 0/1 values, got {pair!r}")
+    return RelationExample(tuple(words), image_id, pair[0], pair[1], example_id)
+
+
+def read_trc(path, on_error: str = "raise") -> ReadResult:
+    """Reads the TRC JSON (array or JSON Lines) -> ReadResult of RelationExamples.
+
+    Tweets with no words are kept (the TRC set has some); they become
+    '[CLS] [SEP]' features.
+    """
+    path, text = read_text(path)
+    issues = ErrorPolicy(path, on_error)
+    examples = []
+    for line, index, record in json_records(path, text):
+        try:
+            if isinstance(record, RecordError):
+                raise record
+            examples.append(_trc_example(record, f"{path.stem}:{index}"))
+        except RecordError as e:
+            issues.report(issues.location(e.line or line, index), str(e))
+    return issues.result(examples)
+
+
+def split_trc(examples, test_fraction: float = 0.2, seed: int = 1234):
+    """The paper's 80/20 TRC split (§2.3) -> (train, test) lists.
+
+    Follows the algorithm of sklearn's `train_test_split(test_size=0.2,
+    random_state=1234)` (ShuffleSplit): `np.random.RandomState(seed)
+    .permutation(n)`, the first ceil(test_fraction * n) indices are the test
+    set and the rest, in permutation order, the train set. sklearn is not a
+    dependency; this was checked to give exactly sklearn 1.9.1's lists for
+    n = 5, 10, 20, 37, 101 and 4471 (a test pins n = 20). The split is
+    deterministic, disjoint and covers every example; it equals the original's
+    only when the rows come in the same order as its CSV.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    examples = list(examples)
+    n = len(examples)
+    n_test = math.ceil(test_fraction * n)
+    if n_test == 0 or n_test == n:
+        raise ValueError(f"cannot split {n} examples with test_fraction={test_fraction}")
+    permutation = np.random.RandomState(seed).permutation(n)
+    test = [examples[i] for i in permutation[:n_test]]
+    train = [examples[i] for i in permutation[n_test:]]
+    return train, test
+
+
+# ------------------------------------------------------------------------- dispatch
+READERS = {
+    "json": read_json,
+    "original": read_original,
+    "conll": read_conll,
+    "tsv": read_tsv,
+    "trc": read_trc,
+}
+SUFFIX_FORMATS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".txt": "original",
+    ".conll": "conll",
+    ".bio": "conll",
+    ".tsv": "tsv",
+}
+
+
+def read_examples(path, format: str = "auto", on_error: str = "raise", **kwargs) -> ReadResult:
+    """Reads annotations in the named format, or by file suffix with format='auto'.
+
+    kwargs go to the reader (e.g. image_suffix for 'conll'). A TRC file must be
+    named explicitly (format='trc'): its suffix is '.json' too.
+    """
+    path = pathlib.Path(path)
+    if format == "auto":
+        format = SUFFIX_FORMATS.get(path.suffix.lower())
+        if format is None:
+            raise ValueError(f"{path}: cannot tell the format from suffix {path.suffix!r}; "
+                             f"known suffixes {sorted(SUFFIX_FORMATS)}, or pass format= one of {sorted(READERS)}")
+    reader = READERS.get(format)
+    if reader is None:
+        raise ValueError(f"unknown annotation format {format!r}; valid: {sorted(READERS)} or 'auto'")
+    return reader(path, on_error=on_error, **kwargs)
