@@ -1,0 +1,254 @@
+"""What the TFDS builders share: build parameters, feature specs, build/load.
+
+A build is identified by its TFDS config name (`<dataset>_<crop mode>` or
+`<dataset>_text`, e.g. 'twitter2015_fixed', 'trc_resize', 'sample_text') and
+described by its *build parameters* (vocab hash, sequence length, span slots,
+image settings, hashes of the annotation files), stored in the build's TFDS
+metadata. Loading a build whose parameters differ from the current config
+raises PreparedDataMismatchError naming every differing field: a model
+trained on ids from another vocab would otherwise train silently on garbage.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Bump when the stored layout changes; old builds are then refused.
+BUILD_FORMAT = 1
+
+# Feature arrays stored per example: key -> shape in terms of (L, M).
+ABSA_ARRAYS = {
+    "input_ids": ("L",), "input_mask": ("L",), "segment_ids": ("L",),
+    "start_positions": ("L",), "end_positions": ("L",), "token_to_word": ("L",),
+    "span_starts": ("M",), "span_ends": ("M",), "polarity_labels": ("M",), "span_mask": ("M",),
+    "num_tokens": (), "example_index": (),
+}
+RELATION_ARRAYS = {
+    "input_ids": ("L",), "input_mask": ("L",), "segment_ids": ("L",), "labels": (2,), "example_index": (),
+}
+
+
+class PreparedDataMismatchError(ValueError):
+    """A prepared build does not match the config (or the current code)."""
+
+
+def _sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_relation(data_config) -> bool:
+    return data_config.name == "trc"
+
+
+def has_images(data_config) -> bool:
+    """Builds store pixels only when an image folder is given and no feature cache replaces them."""
+    return data_config.image_dir is not None and data_config.feature_cache is None
+
+
+def builder_config_name(data_config) -> str:
+    """TFDS config name of the build this data config reads or writes."""
+    if not has_images(data_config):
+        return f"{data_config.name}_text"
+    return f"{data_config.name}_{'resize' if is_relation(data_config) else data_config.crop_mode}"
+
+
+def configured_splits(data_config) -> list[str]:
+    """Splits a build holds: TRC train/test (seeded split) or every *_file set."""
+    if is_relation(data_config) and data_config.test_file is None:
+        return ["train", "test"] if data_config.train_file is not None else []
+    return [s for s in ("train", "dev", "test") if data_config[f"{s}_file"] is not None]
+
+
+def build_params(data_config) -> dict:
+    """Everything a build depends on, as plain JSON values."""
+    c = data_config
+    if c.vocab_file is None:
+        raise ValueError("data.vocab_file is not set")
+    params = {
+        "build_format": BUILD_FORMAT,
+        "name": c.name,
+        "annotation_format": c.format,
+        "vocab_sha256": _sha256_file(c.vocab_file),
+        "max_seq_length": int(c.max_seq_length),
+        "files_sha256": {s: _sha256_file(c[f"{s}_file"]) for s in ("train", "dev", "test") if c[f"{s}_file"]},
+        "images": has_images(c),
+    }
+    if is_relation(c):
+        params["trc_split"] = [float(c.trc_test_fraction), int(c.trc_split_seed)]
+    else:
+        params["max_spans"] = int(c.max_spans)
+    if has_images(c):
+        params["image_settings"] = {
+            "crop": "resize" if is_relation(c) else c.crop_mode,
+            "resize_wh": [int(c.relation_resize)] * 2 if is_relation(c) else [int(v) for v in c.resize_wh],
+            "crop_size": int(c.crop_size),
+            "crop_seed": int(c.crop_seed),
+            "fallback_image": c.fallback_image,
+        }
+    return params
+
+
+def check_params(stored: dict, expected: dict, where: str) -> None:
+    """Raises PreparedDataMismatchError naming each differing build parameter."""
+    keys = sorted(set(stored) | set(expected))
+    diffs = [f"{k}: built with {stored.get(k)!r}, config wants {expected.get(k)!r}"
+             for k in keys if stored.get(k) != expected.get(k)]
+    if diffs:
+        raise PreparedDataMismatchError(
+            f"the prepared data in {where} was built with other settings; rebuild it into another "
+            "data.prepared_dir (or delete that folder):\n  " + "\n  ".join(diffs)
+        )
+
+
+def features_dict(data_config):
+    """tfds FeaturesDict of one stored example."""
+    import tensorflow_datasets as tfds
+
+    table = RELATION_ARRAYS if is_relation(data_config) else ABSA_ARRAYS
+    sizes = {"L": int(data_config.max_seq_length), "M": int(data_config.max_spans)}
+    spec = {
+        k: tfds.features.Tensor(shape=tuple(sizes.get(d, d) for d in dims), dtype=np.int32)
+        for k, dims in table.items()
+    }
+    spec.update(
+        row=tfds.features.Scalar(dtype=np.int32, doc="row in the split; TFDS reorders examples"),
+        example_id=tfds.features.Text(),
+        image_id=tfds.features.Text(),
+        image_ok=tfds.features.Scalar(dtype=np.int32),
+    )
+    if has_images(data_config):
+        from data_pipeline.images import ImageSettings
+
+        h, w = ImageSettings.from_config(data_config, relation=is_relation(data_config)).stored_hw
+        # Lossless PNG: about half the bytes of raw uint8, decoded once at load.
+        spec["image"] = tfds.features.Image(shape=(h, w, 3), encoding_format="png")
+    return tfds.features.FeaturesDict(spec)
+
+
+def generate_split(builder, data_config, split: str):
+    """Yields (row, example) of one split, prepared by the in-memory path."""
+    from data_pipeline import pipeline
+
+    cfg = copy.deepcopy(data_config)
+    with cfg.unlocked():
+        cfg.feature_cache = None
+        cfg.prepared_dir = None
+    prepared = pipeline.prepare_in_memory(cfg, split)
+    table = RELATION_ARRAYS if is_relation(cfg) else ABSA_ARRAYS
+    unexpected = sorted(set(prepared.arrays) - set(table))
+    missing = sorted(set(table) - set(prepared.arrays))
+    if unexpected or missing:
+        raise PreparedDataMismatchError(
+            f"feature arrays do not match the stored layout: unexpected {unexpected}, missing {missing}; "
+            "update data_pipeline/builders/common.py and BUILD_FORMAT"
+        )
+    if prepared.image_report is not None:
+        builder.info.metadata[f"image_report_{split}"] = prepared.image_report.to_json()
+    for row in range(prepared.num_examples):
+        example = {k: prepared.arrays[k][row] for k in table}
+        example.update(row=row, example_id=prepared.examples[row].example_id,
+                       image_id=prepared.image_ids[row], image_ok=int(prepared.image_ok[row]))
+        if prepared.images is not None:
+            example["image"] = prepared.images[prepared.image_index[row]]
+        yield row, example
+
+
+def make_builder(data_config):
+    """The builder object for data_config (its data_dir is data.prepared_dir)."""
+    if data_config.prepared_dir is None:
+        raise ValueError("data.prepared_dir is not set")
+    from data_pipeline.images import import_tf
+
+    import_tf()  # hide GPUs from TensorFlow before TFDS touches it
+    if is_relation(data_config):
+        from data_pipeline.builders.trc.trc import JmlTrc as cls
+    else:
+        from data_pipeline.builders.jml_absa.jml_absa import JmlAbsa as cls
+    return cls(data_config=data_config, data_dir=data_config.prepared_dir, config=builder_config_name(data_config))
+
+
+def is_built(data_config) -> bool:
+    builder = make_builder(data_config)
+    return os.path.isfile(os.path.join(builder.data_dir, "dataset_info.json"))
+
+
+def build(data_config) -> str:
+    """Builds (or checks and reuses) the prepared data; returns its folder."""
+    import tensorflow_datasets as tfds
+
+    builder = make_builder(data_config)
+    if is_built(data_config):
+        check_params(builder.info.metadata.get("build_params", {}), build_params(data_config), builder.data_dir)
+        logger.info("reusing the prepared data in %s", builder.data_dir)
+        return builder.data_dir
+    builder.download_and_prepare(
+        download_dir=os.path.join(data_config.prepared_dir, "downloads"),
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+    )
+    logger.info("prepared data written to %s", builder.data_dir)
+    return builder.data_dir
+
+
+def load_prepared(data_config, split: str):
+    """PreparedSplit of one split from its TFDS build (images decoded once, here).
+
+    The text features are also converted in memory (cheap): they give the host
+    metadata (FeatureSet) and must equal the stored arrays, which catches a
+    build made by an older feature conversion.
+    """
+    from data_pipeline import pipeline
+    from data_pipeline.images import ImageReport
+
+    builder = make_builder(data_config)
+    where = builder.data_dir
+    check_params(builder.info.metadata.get("build_params", {}), build_params(data_config), where)
+    if split not in builder.info.splits:
+        raise ValueError(f"split {split!r} is not in the prepared data in {where} (has {sorted(builder.info.splits)})")
+    columns: dict[str, list] = {}
+    for batch in builder.as_dataset(split=split, shuffle_files=False).batch(256).as_numpy_iterator():
+        for k, v in batch.items():
+            columns.setdefault(k, []).append(v)
+    stored = {k: np.concatenate(v) for k, v in columns.items()}
+    order = np.argsort(stored.pop("row"), kind="stable")
+    stored = {k: v[order] for k, v in stored.items()}
+
+    kind, arrays, kept, fs = pipeline.text_features(data_config, split)
+    ids = [e.example_id for e in kept]
+    if [b.decode() for b in stored["example_id"]] != ids:
+        raise PreparedDataMismatchError(
+            f"{where} [{split}]: stored example ids differ from the annotations read now; rebuild"
+        )
+    for k, v in arrays.items():
+        if not np.array_equal(stored[k], v):
+            raise PreparedDataMismatchError(
+                f"{where} [{split}]: stored '{k}' differs from the current feature conversion; rebuild"
+            )
+    prepared = pipeline.PreparedSplit(
+        split, kind, {k: stored[k] for k in arrays}, kept, fs,
+        [b.decode() for b in stored["image_id"]], image_ok=stored["image_ok"].astype(np.int32), source="tfds",
+    )
+    if "image" in stored:
+        from data_pipeline.images import ImageSettings
+
+        settings = ImageSettings.from_config(data_config, relation=is_relation(data_config))
+        prepared.images = stored["image"]
+        prepared.image_index = np.arange(prepared.num_examples, dtype=np.int32)
+        prepared.crop, prepared.crop_size = settings.crop, settings.crop_size
+        report = builder.info.metadata.get(f"image_report_{split}")
+        prepared.image_report = ImageReport.from_json(report) if report else None
+        if prepared.image_report is not None:
+            prepared.image_report.log()
+    else:
+        pipeline.attach_images(data_config, prepared)  # feature cache or text-only
+    return prepared
