@@ -1,0 +1,324 @@
+"""ResNet image encoder in Flax linen, laid out like torchvision's ResNet (v1.5).
+
+JML runs two ResNet-152 copies on every forward pass (original-jml-code.md §1.4,
+§2.2, §11): the main one (fine-tuned, BatchNorm in train mode while training)
+and the relation one (frozen, BatchNorm always in eval mode). Both feed the
+layer4 map of a 224x224 image, [B, 7, 7, 2048], to the model as 49 regions,
+region = 7 * row + col.
+
+Layout (v1.5, as torchvision): the stride of a stage sits on the 3x3 conv of a
+Bottleneck (conv2) and on its downsample conv; BasicBlock (depths 18/34) puts
+it on its first 3x3 conv. A block gets a downsample (1x1 conv with the block's
+stride, then BN) when its stride is not 1 or its input width differs from its
+output width; for Bottleneck nets that includes block 0 of layer1 (64 != 256).
+Padding is explicit and symmetric (never 'SAME', which pads stride-2 convs
+asymmetrically): 7x7 stem stride 2 pad 3, every 3x3 pad 1, 1x1 pad 0, and a
+3x3/2 max-pool with pad 1 filled with -inf. No conv has a bias.
+
+Variable tree (names mirror torchvision so checkpoint conversion is a table;
+see jml_jax/convert/resnet.py)::
+
+    params/conv1/kernel                      [7, 7, 3, w]        HWIO
+    params/bn1/{scale,bias}                  [w]
+    batch_stats/bn1/{mean,var}               [w]
+    params/layer{s}_{j}/conv{1,2,3}/kernel   HWIO (conv3 only in Bottleneck)
+    params/layer{s}_{j}/bn{1,2,3}/{scale,bias}
+    batch_stats/layer{s}_{j}/bn{1,2,3}/{mean,var}
+    params/layer{s}_{j}/downsample_conv/kernel   [1, 1, c_in, c_out]
+    params/layer{s}_{j}/downsample_bn/{scale,bias}
+    batch_stats/layer{s}_{j}/downsample_bn/{mean,var}
+    params/fc/{kernel,bias}                  [C, num_classes], [num_classes]
+                                             (only when num_classes is set)
+
+with s = 1..4 and j = 0..blocks[s-1]-1; torchvision's ``layer1.0.conv1``
+is ``layer1_0/conv1`` here and ``downsample.0``/``downsample.1`` are
+``downsample_conv``/``downsample_bn``.
+
+Every parameter and batch statistic is created boxed with logical axis names
+(``nn.with_logical_partitioning``): conv kernels ('conv_h', 'conv_w',
+'conv_in', 'conv_out'), BatchNorm vectors ('norm',), the fc kernel
+('img_embed', None) and its bias (None,). ``module.init`` therefore returns
+``nn.LogicallyPartitioned`` leaves: read the names with
+``nn.get_partition_spec`` and strip the boxes with
+``flax.linen.meta.unbox(variables)`` before converting or checkpointing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+# Blocks per stage (layer1..layer4) of the standard depths.
+RESNET_BLOCKS: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+# Depths built from BasicBlock (two 3x3 convs, expansion 1); the others use
+# Bottleneck (1x1, 3x3, 1x1, expansion 4).
+BASIC_DEPTHS = frozenset({18, 34})
+
+CONV_AXES = ("conv_h", "conv_w", "conv_in", "conv_out")
+NORM_AXES = ("norm",)
+# The fc input is the image feature width (jml_jax/axes.py IMG_EMBED); the
+# class dimension is small and left unnamed (replicated).
+FC_AXES = ("img_embed", None)
+
+# torchvision initialises conv kernels with kaiming_normal(fan_out, relu).
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def is_bottleneck(depth: int) -> bool:
+    """True when ``depth`` is built from Bottleneck blocks (50/101/152)."""
+    if depth not in RESNET_BLOCKS:
+        raise ValueError(
+            f"unknown ResNet depth {depth}; valid depths: {sorted(RESNET_BLOCKS)}"
+        )
+    return depth not in BASIC_DEPTHS
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+    pad = kernel // 2  # 7 -> 3, 3 -> 1, 1 -> 0: symmetric, as torch.
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(_conv_init, CONV_AXES),
+        name=name,
+    )
+
+
+class TorchBatchNorm(nn.Module):
+    """BatchNorm2d with PyTorch semantics over NHWC inputs.
+
+    Eval: y = (x - mean) / sqrt(var + eps) * scale + bias with the running
+    statistics. Train: normalises with the batch mean and the *biased* batch
+    variance over (N, H, W) and updates
+    ``mean = momentum * mean + (1 - momentum) * batch_mean`` and
+    ``var = momentum * var + (1 - momentum) * unbiased_batch_var`` (torch
+    momentum 0.1 == 0.9 here; flax's nn.BatchNorm would use the biased
+    variance for the running update, which drifts from torch). Statistics and
+    the normalisation run in float32 whatever ``dtype`` is; the output is cast
+    to ``dtype``. Running statistics are not updated during ``init``.
+
+    Variables: params ``scale``, ``bias`` and batch_stats ``mean``, ``var``,
+    each [C].
+    """
+
+    use_running_average: bool = True
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [B, H, W, C] -> [B, H, W, C] in ``dtype``."""
+        c = x.shape[-1]
+        boxed = lambda init: nn.with_logical_partitioning(init, NORM_AXES)  # noqa: E731
+        scale = self.param("scale", boxed(nn.initializers.ones), (c,), jnp.float32)
+        bias = self.param("bias", boxed(nn.initializers.zeros), (c,), jnp.float32)
+        ra_mean = self.variable(
+            "batch_stats", "mean", boxed(nn.initializers.zeros), None, (c,), jnp.float32
+        )
+        ra_var = self.variable(
+            "batch_stats", "var", boxed(nn.initializers.ones), None, (c,), jnp.float32
+        )
+        x32 = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            n = 1
+            for a in axes:
+                n *= x.shape[a]
+            if n < 2:
+                # torch refuses too: the unbiased variance needs n > 1.
+                raise ValueError(
+                    f"{self.path}: train-mode BatchNorm needs more than one value per "
+                    f"channel, got input shape {x.shape}"
+                )
+            mean = jnp.mean(x32, axis=axes)
+            # Two-pass variance: closer to torch than E[x^2] - E[x]^2.
+            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+                ra_var.value = m * ra_var.value + (1.0 - m) * var * (n / (n - 1))
+        mul = scale * jax.lax.rsqrt(var + self.epsilon)
+        y = (x32 - mean) * mul + bias
+        return y.astype(self.dtype)
+
+
+class BasicBlock(nn.Module):
+    """torchvision BasicBlock: 3x3(stride) - BN - ReLU - 3x3 - BN, + shortcut, ReLU.
+
+    [B, H, W, c_in] -> [B, H/stride, W/stride, planes].
+    """
+
+    planes: int
+    stride: int = 1
+    downsample: bool = False
+    use_running_average: bool = True
+    dtype: Any = jnp.float32
+
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bn = lambda name: TorchBatchNorm(  # noqa: E731
+            self.use_running_average, dtype=self.dtype, name=name
+        )
+        y = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(x)
+        y = nn.relu(bn("bn1")(y))
+        y = _conv(self.planes, 3, 1, self.dtype, "conv2")(y)
+        y = bn("bn2")(y)
+        if self.downsample:
+            x = _conv(self.planes, 1, self.stride, self.dtype, "downsample_conv")(x)
+            x = bn("downsample_bn")(x)
+        return nn.relu(y + x)
+
+
+class Bottleneck(nn.Module):
+    """torchvision Bottleneck (v1.5): 1x1 - 3x3(stride) - 1x1(x4), BN after each.
+
+    [B, H, W, c_in] -> [B, H/stride, W/stride, 4 * planes].
+    """
+
+    planes: int
+    stride: int = 1
+    downsample: bool = False
+    use_running_average: bool = True
+    dtype: Any = jnp.float32
+
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bn = lambda name: TorchBatchNorm(  # noqa: E731
+            self.use_running_average, dtype=self.dtype, name=name
+        )
+        out = self.planes * self.expansion
+        y = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
+        y = nn.relu(bn("bn1")(y))
+        y = _conv(self.planes, 3, self.stride, self.dtype, "conv2")(y)
+        y = nn.relu(bn("bn2")(y))
+        y = _conv(out, 1, 1, self.dtype, "conv3")(y)
+        y = bn("bn3")(y)
+        if self.downsample:
+            x = _conv(out, 1, self.stride, self.dtype, "downsample_conv")(x)
+            x = bn("downsample_bn")(x)
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """torchvision-layout ResNet trunk returning the layer4 grid and its mean.
+
+    Attributes:
+      depth: 18, 34 (BasicBlock) or 50, 101, 152 (Bottleneck). Picks the
+        block type, and the block counts unless ``blocks`` is given.
+      blocks: per-stage block counts overriding RESNET_BLOCKS[depth], e.g.
+        (1, 1, 1, 1) for the small parity model.
+      width: stem width w (torchvision: 64). Stage s has planes w * 2**(s-1).
+      dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32 and
+        BatchNorm statistics are computed in float32.
+      frozen: always eval-mode BatchNorm (running statistics, never updated)
+        and gradients stopped at the outputs, whatever ``train`` says; the
+        relation module's ResNet in the joint model (§2.5, §11).
+      num_classes: when set, an ``fc`` Dense(C -> num_classes) exists, as in
+        torchvision, so checkpoints holding ``fc`` load. It never changes the
+        outputs; its logits [B, num_classes] are sown as
+        ``intermediates['fc_logits'][0]`` (apply with
+        mutable=['intermediates'] to read them).
+    """
+
+    depth: int = 152
+    blocks: tuple[int, ...] | None = None
+    width: int = 64
+    dtype: Any = jnp.float32
+    frozen: bool = False
+    num_classes: int | None = None
+
+    @property
+    def stage_blocks(self) -> tuple[int, ...]:
+        blocks = tuple(self.blocks) if self.blocks is not None else RESNET_BLOCKS[self.depth]
+        if len(blocks) != 4 or any(int(b) < 1 for b in blocks):
+            raise ValueError(f"blocks must be 4 positive counts, got {blocks}")
+        return blocks
+
+    @property
+    def out_features(self) -> int:
+        """Channels C of the grid: 8w (BasicBlock) or 32w (Bottleneck)."""
+        return self.width * 8 * (4 if is_bottleneck(self.depth) else 1)
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False):
+        """Encodes images.
+
+        Args:
+          images: [B, H, W, 3] normalised pixels (NHWC).
+          train: batch-statistics BatchNorm that updates ``batch_stats`` (pass
+            mutable=['batch_stats'] to apply). Ignored when ``frozen``.
+
+        Returns:
+          grid: [B, h*w, C] layer4 output, row-major (region = w*row + col;
+            [B, 49, 2048] for a 224x224 input to a Bottleneck net of width 64).
+          pooled: [B, C] spatial mean of the grid.
+        """
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be [B, H, W, 3] (NHWC), got {images.shape}")
+        block_cls = Bottleneck if is_bottleneck(self.depth) else BasicBlock
+        use_ra = self.frozen or not train
+
+        x = images.astype(self.dtype)
+        x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)
+        x = TorchBatchNorm(use_ra, dtype=self.dtype, name="bn1")(x)
+        x = nn.relu(x)
+        # -inf padding (flax pools pad with the reduction's init value).
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+        c_in = self.width
+        for s, n_blocks in enumerate(self.stage_blocks, start=1):
+            planes = self.width * 2 ** (s - 1)
+            c_out = planes * block_cls.expansion
+            for j in range(n_blocks):
+                stride = 2 if (s > 1 and j == 0) else 1
+                x = block_cls(
+                    planes,
+                    stride=stride,
+                    downsample=(stride != 1 or c_in != c_out),
+                    use_running_average=use_ra,
+                    dtype=self.dtype,
+                    name=f"layer{s}_{j}",
+                )(x)
+                c_in = c_out
+
+        b, h, w, c = x.shape
+        grid = x.reshape(b, h * w, c)
+        pooled = jnp.mean(grid.astype(jnp.float32), axis=1).astype(self.dtype)
+        if self.num_classes is not None:
+            logits = nn.Dense(
+                self.num_classes,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.lecun_normal(), FC_AXES
+                ),
+                bias_init=nn.with_logical_partitioning(
+                    nn.initializers.zeros, FC_AXES[1:]
+                ),
+                name="fc",
+            )(pooled)
+            self.sow("intermediates", "fc_logits", logits)
+        if self.frozen:
+            grid = jax.lax.stop_gradient(grid)
+            pooled = jax.lax.stop_gradient(pooled)
+        return grid, pooled
