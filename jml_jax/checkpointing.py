@@ -1,0 +1,482 @@
+"""Orbax checkpoints behind one module: train states, plain weights, clear errors.
+
+Layout of a work directory::
+
+    <workdir>/checkpoints/<step>/state/      the TrainState pytree (OCDBT)
+                                 metadata/   JSON: step, metrics, config, data position
+                                 metrics/    the tracked metric (Orbax's own)
+                                 commit_success.txt   written when the step is final
+
+One `ocp.CheckpointManager` keeps the latest ``keep`` steps plus the best
+``keep_best`` by a dev metric (a step that is both is stored once). Restores go
+into the shardings of a target state, so a checkpoint written on 8 devices
+restores on 1, or on another mesh shape.
+
+Orbax finalises a step by writing ``commit_success.txt`` into a temporary
+``<step>.orbax-checkpoint-tmp-<time>`` directory and renaming it (on GCS, where
+renames are not atomic, the marker alone marks completion). A step without the
+marker, or without its items, is incomplete: asked for by number it is an
+error; when looking for the latest step it is skipped with a warning (a save
+cut short by preemption), but if nothing complete exists it is an error too,
+never a silent fresh start.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from typing import Any, Literal, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
+
+STATE = "state"
+METADATA = "metadata"
+COMMIT_FILE = "commit_success.txt"
+STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
+_TMP_RE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+_RESERVED = ("step", "metrics")
+_MAX_LISTED = 10
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; names the path and the cause."""
+
+    def __init__(self, path: Any, cause: str):
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{cause} (checkpoint path: {self.path})")
+
+
+class CheckpointStructureError(CheckpointError):
+    """A checkpoint does not fit the target state (wrong config or model)."""
+
+    def __init__(self, path: Any, missing=(), unexpected=(), mismatched=()):
+        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+        parts = ["the checkpoint does not fit the target state (a different model or config?)"]
+
+        def listed(items):
+            more = len(items) - _MAX_LISTED
+            return ", ".join(items[:_MAX_LISTED]) + (f", ... ({more} more)" if more > 0 else "")
+
+        if self.missing:
+            parts.append(f"not in the checkpoint ({len(self.missing)}): {listed(self.missing)}")
+        if self.unexpected:
+            parts.append(f"only in the checkpoint ({len(self.unexpected)}): {listed(self.unexpected)}")
+        if self.mismatched:
+            parts.append(
+                f"wrong shape ({len(self.mismatched)}): "
+                + listed([f"{k} target {t} checkpoint {c}" for k, t, c in self.mismatched])
+            )
+        super().__init__(path, "; ".join(parts))
+
+
+# ---------------------------------------------------------------------------
+# Helpers: JSON, paths, structure checks.
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    if hasattr(value, "to_dict") and callable(value.to_dict):  # ml_collections.ConfigDict
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (np.generic, np.ndarray, jax.Array)):
+        return np.asarray(value).tolist()
+    raise TypeError(f"checkpoint metadata {where} of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _path(p: Any) -> epath.Path:
+    s = os.fspath(p)
+    if "://" not in s:
+        s = os.path.abspath(s)
+    return epath.Path(s)
+
+
+def _step_is_complete(step_dir: epath.Path, items: tuple[str, ...]) -> str | None:
+    """``None`` when complete, else what is missing."""
+    if not (step_dir / COMMIT_FILE).exists():
+        return f"no {COMMIT_FILE} (the save did not finish)"
+    for item in items:
+        if not (step_dir / item).is_dir():
+            return f"no {item!r} item"
+    return None
+
+
+def _key_name(entry: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _flatten_target(tree: Any) -> dict[str, tuple[int, ...]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key_name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _flatten_saved(tree: Any, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    if isinstance(tree, Mapping):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        if tree is not None and hasattr(tree, "shape"):
+            out[prefix] = tuple(tree.shape)
+        return out
+    for k, v in items:
+        out.update(_flatten_saved(v, f"{prefix}/{k}" if prefix else str(k)))
+    return out
+
+
+def _check_structure(path: Any, target: Any, saved_metadata: Any) -> None:
+    saved_metadata = getattr(saved_metadata, "tree", saved_metadata)
+    want, have = _flatten_target(target), _flatten_saved(saved_metadata)
+    missing = sorted(k for k in want if k not in have)
+    unexpected = sorted(k for k in have if k not in want)
+    mismatched = sorted((k, want[k], have[k]) for k in want if k in have and want[k] != have[k])
+    if missing or unexpected or mismatched:
+        raise CheckpointStructureError(path, missing, unexpected, mismatched)
+
+
+def _restore_target(target: Any) -> Any:
+    """Concrete arrays -> `ShapeDtypeStruct`s with their shardings."""
+
+    def one(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            if x.sharding is None:
+                raise ValueError(
+                    f"restore target leaf {x} has no sharding; build the target with "
+                    "jml_jax.train_state.abstract_sharded_state"
+                )
+            return x
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+    return jax.tree.map(one, target)
+
+
+# ---------------------------------------------------------------------------
+# Train-state checkpoints.
+
+
+class Checkpointer:
+    """Periodic and best-by-dev-metric checkpoints of a `TrainState`.
+
+    Args:
+      workdir: the run's directory; checkpoints go to ``<workdir>/checkpoints``.
+      keep: how many latest steps to keep (``None``: all).
+      async_save: write in a background thread; `save` returns once the
+        arrays are copied off the devices (so the state may be donated next).
+      best_metric: the key in ``metrics`` that ranks checkpoints.
+      best_mode: ``"max"`` (higher is better) or ``"min"``.
+      keep_best: how many best steps to keep besides the latest ones (0: none).
+      create: create the directory; with ``False`` a missing directory is a
+        `CheckpointError` (evaluation of an existing run).
+
+    Every process must make the same calls (Orbax synchronises them).
+    """
+
+    def __init__(
+        self,
+        workdir: Any,
+        *,
+        keep: int | None = 3,
+        async_save: bool = True,
+        best_metric: str = "dev/joint_orig/f1",
+        best_mode: Literal["max", "min"] = "max",
+        keep_best: int = 1,
+        create: bool = True,
+    ):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        self.directory = _path(workdir) / "checkpoints"
+        if not create and not self.directory.is_dir():
+            raise CheckpointError(self.directory, "no checkpoint directory")
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep)]
+        if keep_best:
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=self._metric_value,
+                    reverse=best_mode == "min",
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            best_fn=self._metric_value,
+            best_mode=best_mode,
+            enable_async_checkpointing=async_save,
+            create=create,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_names=(STATE, METADATA),
+            item_handlers={STATE: ocp.StandardCheckpointHandler(), METADATA: ocp.JsonCheckpointHandler()},
+        )
+
+    def _metric_value(self, metrics: Mapping[str, Any]) -> float:
+        value = float(metrics[self.best_metric])
+        if math.isnan(value):  # a NaN score ranks last
+            return -math.inf if self.best_mode == "max" else math.inf
+        return value
+
+    # -- saving -------------------------------------------------------------
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        metadata: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Saves ``state`` at ``step`` with JSON ``metadata`` and ``metrics``.
+
+        ``metadata`` holds what a resumed run needs besides the arrays (the
+        config, the data iterator position, ...); ``step`` and ``metrics`` are
+        added to it. ``metrics`` containing ``best_metric`` make the step a
+        candidate for the best checkpoints. ``force`` saves even when Orbax's
+        save policy would skip the step.
+
+        Returns:
+          Whether a checkpoint was written.
+        """
+        step = int(step)
+        metrics = dict(_jsonable(dict(metrics or {}), "metrics"))
+        user = _jsonable(dict(metadata or {}), "metadata")
+        for key in _RESERVED:
+            if key in user and user[key] != {"step": step, "metrics": metrics}[key]:
+                raise ValueError(f"checkpoint metadata key {key!r} is reserved (given {user[key]!r})")
+        meta = {**user, "step": step, "metrics": metrics}
+        tracked = metrics if self.best_metric in metrics else None
+        try:
+            return self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{STATE: ocp.args.StandardSave(state), METADATA: ocp.args.JsonSave(meta)}
+                ),
+                metrics=tracked,
+                force=force,
+            )
+        except Exception as err:  # Orbax raises several types; name the path.
+            raise CheckpointError(self.directory / str(step), f"saving step {step} failed: {err}") from err
+
+    def wait(self) -> None:
+        """Blocks until a background save has finished."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for background saves and releases Orbax's threads."""
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- bookkeeping --------------------------------------------------------
+
+    def latest_step(self) -> int | None:
+        """The newest step saved or being saved; ``None`` when there is none."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The kept step with the best ``best_metric``; ``None`` when none has it."""
+        return self._manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def _scan(self) -> tuple[list[int], dict[int, str]]:
+        """Complete steps, and incomplete ones with the reason, read from disk."""
+        complete, incomplete = [], {}
+        if not self.directory.is_dir():
+            return complete, incomplete
+        for child in self.directory.iterdir():
+            name = child.name
+            tmp = _TMP_RE.match(name)
+            if tmp:
+                incomplete[int(tmp.group(1))] = f"interrupted save left {name}"
+            elif name.isdigit() and child.is_dir():
+                problem = _step_is_complete(child, (STATE, METADATA))
+                if problem:
+                    incomplete[int(name)] = problem
+                else:
+                    complete.append(int(name))
+        return sorted(complete), incomplete
+
+    def _resolve(self, step: int | str) -> int:
+        self.wait()
+        complete, incomplete = self._scan()
+        if step == "best":
+            resolved = self.best_step()
+            if resolved is None:
+                raise CheckpointError(self.directory, f"no checkpoint has the metric {self.best_metric!r}")
+            step = resolved
+        if step == "latest":
+            if not complete:
+                cause = "no checkpoint"
+                if incomplete:
+                    cause = "only incomplete checkpoints: " + "; ".join(
+                        f"step {s}: {why}" for s, why in sorted(incomplete.items())
+                    ) + " (delete them to start afresh)"
+                raise CheckpointError(self.directory, cause)
+            newer = {s: why for s, why in incomplete.items() if s > complete[-1]}
+            if newer:
+                log.warning(
+                    "ignoring incomplete checkpoints newer than step %d in %s: %s",
+                    complete[-1], self.directory, newer,
+                )
+            return complete[-1]
+        if not isinstance(step, (int, np.integer)):
+            raise ValueError(f"step must be an int, 'latest' or 'best', got {step!r}")
+        step = int(step)
+        if step in incomplete:
+            raise CheckpointError(
+                self.directory / str(step), f"checkpoint for step {step} is incomplete: {incomplete[step]}"
+            )
+        if step not in complete:
+            raise CheckpointError(
+                self.directory, f"no checkpoint for step {step}; complete steps: {complete}"
+            )
+        return step
+
+    # -- restoring ----------------------------------------------------------
+
+    def restore(self, step: int | Literal["latest", "best"], target: Any) -> tuple[Any, dict]:
+        """Restores a state into the shapes, dtypes and shardings of ``target``.
+
+        Args:
+          step: a step number, ``"latest"`` or ``"best"``.
+          target: the abstract state from
+            `jml_jax.train_state.abstract_sharded_state` (``ShapeDtypeStruct``
+            leaves with shardings), or a concrete state whose shardings to use.
+
+        Returns:
+          ``(state, metadata)``; ``metadata`` is what `save` stored (``step``
+          and ``metrics`` included).
+
+        Raises:
+          CheckpointError: no such step, an incomplete step, or (as
+          `CheckpointStructureError`) a checkpoint that does not fit ``target``.
+        """
+        if not self.directory.is_dir():
+            raise CheckpointError(self.directory, "no checkpoint directory")
+        step = self._resolve(step)
+        step_dir = self.directory / str(step)
+        target = _restore_target(target)
+        try:
+            saved = self._manager.item_metadata(step)[STATE]
+        except Exception as err:
+            raise CheckpointError(step_dir, f"cannot read the checkpoint's metadata: {err}") from err
+        _check_structure(step_dir, target, saved)
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{STATE: ocp.args.StandardRestore(target), METADATA: ocp.args.JsonRestore()}
+                ),
+            )
+        except Exception as err:
+            raise CheckpointError(step_dir, f"restoring step {step} failed: {err}") from err
+        return restored[STATE], dict(restored[METADATA])
+
+    def restore_or_none(self, target: Any) -> tuple[Any, dict] | None:
+        """The latest complete checkpoint, or ``None`` when the work directory has none at all.
+
+        Raises `CheckpointError` when checkpoints exist but none is usable, so a
+        broken run is never silently restarted from scratch.
+        """
+        self.wait()
+        complete, incomplete = self._scan()
+        if not complete and not incomplete:
+            return None
+        return self.restore("latest", target)
+
+
+# ---------------------------------------------------------------------------
+# Plain parameter trees (converted weights).
+
+
+def save_params(path: Any, params: Any, *, overwrite: bool = False) -> None:
+    """Writes a parameter tree (e.g. converted pretrained weights) to ``path``.
+
+    Every process must call it with the same (global) arrays or NumPy values.
+    """
+    path = _path(path)
+    if path.exists() and not overwrite:
+        raise CheckpointError(path, "already exists (pass overwrite=True to replace it)")
+    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    try:
+        checkpointer.save(path, args=ocp.args.StandardSave(params), force=overwrite)
+    except Exception as err:
+        raise CheckpointError(path, f"saving parameters failed: {err}") from err
+    finally:
+        checkpointer.close()
+
+
+def restore_params(path: Any, abstract: Any = None, shardings: Any = None) -> Any:
+    """Reads a tree written by `save_params`.
+
+    Args:
+      path: the directory `save_params` wrote.
+      abstract: the expected tree (``ShapeDtypeStruct`` or array leaves, e.g.
+        ``jax.eval_shape`` of the model's params, unboxed). When given, the
+        checkpoint must match it exactly (`CheckpointStructureError` otherwise)
+        and leaves are cast to its dtypes. Default: the saved tree as is.
+      shardings: a matching tree of shardings (or one sharding for all);
+        default: each leaf whole on this process's first device, or the
+        shardings on ``abstract``'s leaves when they have them.
+
+    Returns:
+      The tree of `jax.Array`s.
+    """
+    path = _path(path)
+    if not path.is_dir():
+        raise CheckpointError(path, "no parameter checkpoint at this path")
+    if not (path / COMMIT_FILE).exists():
+        raise CheckpointError(path, f"incomplete parameter checkpoint: no {COMMIT_FILE} (the save did not finish)")
+    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    try:
+        try:
+            saved = checkpointer.metadata(path)
+            saved = getattr(saved, "item_metadata", saved)
+            saved = getattr(saved, "tree", saved)
+        except Exception as err:
+            raise CheckpointError(path, f"cannot read the checkpoint's metadata: {err}") from err
+        if abstract is None:
+            abstract = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), saved,
+                is_leaf=lambda m: hasattr(m, "shape"),
+            )
+        else:
+            _check_structure(path, abstract, saved)
+        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        if shardings is None:
+            shardings = jax.tree.map(lambda a: getattr(a, "sharding", None) or default, abstract)
+        elif isinstance(shardings, jax.sharding.Sharding):
+            shardings = jax.tree.map(lambda _: shardings, abstract)
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+        )
+        try:
+            return checkpointer.restore(path, args=ocp.args.StandardRestore(target))
+        except Exception as err:
+            raise CheckpointError(path, f"restoring parameters failed: {err}") from err
+    finally:
+        checkpointer.close()

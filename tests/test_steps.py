@@ -1,0 +1,207 @@
+"""The jitted train/eval steps give the same numbers on every mesh shape."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import toy_model
+from jml_jax.mesh import make_mesh
+from jml_jax.sharding import batch_sharding, global_batch_from_process_local
+from jml_jax.steps import make_eval_step, make_train_step
+from jml_jax.train_state import create_sharded_state
+
+BATCH = 16
+SEED = 3
+
+
+def _setup(mesh, *, batch_norm=True, accum=1, lr=0.05):
+    model = toy_model.ToyMLP(batch_norm=batch_norm)
+    tx = toy_model.make_tx(lr)
+    state, shardings = create_sharded_state(
+        toy_model.init_fn(model), tx, mesh, None, jax.random.PRNGKey(SEED)
+    )
+    step = make_train_step(
+        toy_model.loss_fn(model), tx, shardings, batch_sharding(mesh),
+        grad_accum_steps=accum,
+    )
+    return model, state, shardings, step
+
+
+class Run:
+    """Three steps on one mesh; the jitted step is kept for further tests."""
+
+    def __init__(self, mesh):
+        self.mesh = mesh
+        self.model, state, self.shardings, self.step = _setup(mesh)
+        self.initial = jax.device_get(state)
+        self.losses, self.snapshots = [], {}
+        for i, batch in enumerate(toy_model.make_batches(3, BATCH), start=1):
+            state, metrics = self.step(state, self.batch(batch))
+            assert bool(metrics["is_finite"])
+            self.losses.append(float(metrics["loss"]))
+            self.snapshots[i] = jax.device_get((state.params, state.batch_stats))
+        self.final = state
+
+    def batch(self, batch):
+        return global_batch_from_process_local(batch, self.mesh)
+
+    def fresh_state(self):
+        """The initial state again, placed in its shardings (steps donate their input)."""
+        return jax.device_put(self.initial, self.shardings)
+
+
+_runs = {}
+
+
+def run_on(shape):
+    if shape not in _runs:
+        devices = jax.devices()[:1] if shape == (1, 1, 1) else None
+        _runs[shape] = Run(make_mesh(shape, devices=devices))
+    return _runs[shape]
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+def test_one_and_three_steps_match_a_single_device(shape):
+    ref, run = run_on((1, 1, 1)), run_on(shape)
+    np.testing.assert_allclose(run.losses, ref.losses, rtol=1e-5, atol=1e-5)
+    for n in (1, 3):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+            run.snapshots[n], ref.snapshots[n],
+        )
+
+
+def test_training_reduces_loss():
+    run = run_on((1, 1, 1))
+    state = run.fresh_state()
+    batch = run.batch(toy_model.make_batches(1, BATCH)[0])
+    losses = []
+    for _ in range(20):
+        state, metrics = run.step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.5 * losses[0]
+    assert int(state.step) == 20
+
+
+def test_state_keeps_its_shardings_after_a_step():
+    run = run_on((2, 2, 2))
+    state = run.final
+    assert int(state.step) == 3
+    assert state.params["up"]["kernel"].sharding.spec == P("fsdp", "tensor")
+    assert state.params["down"]["kernel"].sharding.spec == P("tensor", "fsdp")
+    # Adam moments follow their parameters; the frozen Dense has no moments.
+    adam_state = state.opt_state.inner_states["train"].inner_state[0]
+    assert adam_state.mu["up"]["kernel"].sharding.spec == P("fsdp", "tensor")
+    assert adam_state.nu["down"]["kernel"].sharding.spec == P("tensor", "fsdp")
+    assert not hasattr(adam_state.mu["frozen"]["kernel"], "sharding")
+    jax.tree.map(
+        lambda x, s: x.sharding.is_equivalent_to(s, x.ndim) or pytest.fail(str(x.sharding)),
+        state, run.shardings,
+    )
+
+
+def test_frozen_params_do_not_move():
+    run = run_on((2, 2, 2))
+    np.testing.assert_array_equal(
+        np.asarray(run.final.params["frozen"]["kernel"]), run.initial.params["frozen"]["kernel"]
+    )
+    assert not np.allclose(np.asarray(run.final.params["up"]["kernel"]), run.initial.params["up"]["kernel"])
+
+
+def test_grad_accumulation_matches_full_batch():
+    """4 micro-batches of 4 == one batch of 16 for a per-example-mean loss."""
+    mesh = make_mesh((2, 2, 2))
+    model = toy_model.ToyMLP(batch_norm=False)
+    tx = optax.sgd(0.1)  # the parameter change is proportional to the gradient
+    state, shardings = create_sharded_state(
+        toy_model.init_fn(model), tx, mesh, None, jax.random.PRNGKey(SEED)
+    )
+    initial = jax.device_get(state)
+    batch = global_batch_from_process_local(toy_model.make_batches(1, BATCH)[0], mesh)
+    results = {}
+    for accum in (1, 4):
+        step = make_train_step(
+            toy_model.loss_fn(model), tx, shardings, batch_sharding(mesh), grad_accum_steps=accum
+        )
+        new_state, metrics = step(jax.device_put(initial, shardings), batch)
+        results[accum] = (jax.device_get(new_state.params), jax.device_get(metrics))
+    (p1, m1), (p4, m4) = results[1], results[4]
+    for key in ("loss", "grad_norm", "mse"):
+        np.testing.assert_allclose(m4[key], m1[key], rtol=1e-6, atol=1e-6)
+    assert int(m4["examples"]) == int(m1["examples"]) == BATCH  # integer aux metrics add up
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), p4, p1)
+
+
+def test_grad_accumulation_rejects_indivisible_batch():
+    run = run_on((1, 1, 1))
+    step = make_train_step(
+        toy_model.loss_fn(run.model), toy_model.make_tx(), run.shardings,
+        batch_sharding(run.mesh), grad_accum_steps=3,
+    )
+    with pytest.raises(ValueError, match="micro-batches"):
+        step(run.fresh_state(), run.batch(toy_model.make_batches(1, BATCH)[0]))
+
+
+def test_non_finite_loss_skips_the_update():
+    run = run_on((2, 2, 2))
+    batch = toy_model.make_batches(1, BATCH)[0]
+    batch["x"][3, 2] = np.nan
+    new_state, metrics = run.step(run.fresh_state(), run.batch(batch))
+    assert not bool(metrics["is_finite"])
+    assert not np.isfinite(float(metrics["loss"]))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(new_state), run.initial)
+    assert int(new_state.step) == 0
+
+
+def test_randomness_is_folded_with_the_step():
+    run = run_on((1, 1, 1))
+    batch = run.batch(toy_model.make_batches(1, BATCH)[0])
+    state, noise = run.fresh_state(), []
+    for _ in range(2):
+        state, metrics = run.step(state, batch)
+        noise.append(float(metrics["noise"]))
+    assert noise[0] != noise[1]
+    # The same state at the same step draws the same numbers (a resumed run
+    # repeats an uninterrupted one).
+    _, metrics = run.step(run.fresh_state(), batch)
+    assert float(metrics["noise"]) == noise[0]
+
+
+@pytest.mark.parametrize("outputs", ["replicated", "batch"])
+def test_eval_step_outputs(outputs):
+    run = run_on((2, 2, 2))
+    eval_step = make_eval_step(
+        toy_model.forward_fn(run.model), run.shardings, batch_sharding(run.mesh), outputs=outputs
+    )
+    batch = toy_model.make_batches(1, BATCH)[0]
+    out = eval_step(run.final, run.batch(batch))
+    spec = P() if outputs == "replicated" else P(("data", "fsdp"))
+    assert out["pred"].sharding.spec == spec
+    host_state = jax.device_get(run.final)
+    expected = run.model.apply(
+        {"params": host_state.params, "batch_stats": host_state.batch_stats},
+        jnp.asarray(batch["x"]), train=False,
+    )
+    np.testing.assert_allclose(np.asarray(out["pred"]), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    # The state was not donated: it can still be read.
+    assert np.isfinite(np.asarray(run.final.params["up"]["kernel"])).all()
+
+
+def test_activation_constraints_follow_the_rules():
+    """With rules, the model's `constrain` calls pin activations; without, they vanish."""
+    run = run_on((2, 2, 2))
+    batch = run.batch(toy_model.make_batches(1, BATCH)[0])
+    texts = {}
+    for name, rules in (("off", None), ("on", (("batch", ("data", "fsdp")), ("mlp", "tensor")))):
+        step = make_train_step(
+            toy_model.loss_fn(run.model), toy_model.make_tx(), run.shardings,
+            batch_sharding(run.mesh), rules=rules,
+        )
+        texts[name] = step.lower(run.final, batch).as_text()
+    # The [batch, mlp] activation after the ReLU (Shardy's notation).
+    pinned = '[{"data", "fsdp"}, {"tensor"}]'
+    assert pinned in texts["on"]
+    assert pinned not in texts["off"]
