@@ -1,0 +1,238 @@
+"""Evaluation: jitted extraction -> host decoding -> jitted classification -> metrics.
+
+As the original (§6, §7): the MATE logits of a batch are decoded on the host
+into at most 10 spans per sentence, those spans are classified from the stored
+token representation S and gated image features, and the predictions are
+scored with every metric of jml_jax/metrics.py. MASC is also run on the gold
+spans (``masc_gold/*``).
+
+An evaluation split is anything that provides padded batches (with ``mask``
+[b] and ``row`` [b], the row into the split's features) and the host-side
+features (tokens, words, gold aspects). Outputs are gathered to every process
+(`replicated`), so each process decodes the whole global batch and all
+processes compute identical metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jml_jax import decode as decode_lib
+from jml_jax import metrics as metrics_lib
+from jml_jax.models.jml import JMLModel
+from jml_jax.sharding import batch_sharding, global_batch_from_process_local, process_batch_rows, replicated
+
+log = logging.getLogger(__name__)
+
+MODEL_KEYS = ("input_ids", "input_mask")
+
+
+@dataclasses.dataclass
+class EvalSplit:
+    """One evaluation split.
+
+    Attributes:
+      name: 'dev', 'test', ...
+      make_iter: () -> iterator of per-process padded batches (dict of NumPy:
+        input_ids, input_mask, span_starts, span_ends, span_mask, image?,
+        mask [b], row [b]).
+      features: the split's host-side FeatureSet (arrays, examples, tokens).
+    """
+
+    name: str
+    make_iter: Callable[[], Iterable[dict]]
+    features: Any
+
+
+def _variables(params, batch_stats):
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+class Evaluator:
+    """Holds the two jitted eval functions of a model on a mesh."""
+
+    def __init__(self, model: JMLModel, mesh, state_shardings, decode_config: decode_lib.DecodeConfig):
+        self.model = model
+        self.mesh = mesh
+        self.decode_config = decode_config
+        rep, bsh = replicated(mesh), batch_sharding(mesh)
+        p_sh, s_sh = state_shardings.params, state_shardings.batch_stats
+
+        def extract(params, batch_stats, batch):
+            out = model.apply(
+                _variables(params, batch_stats), batch["input_ids"], batch["input_mask"],
+                batch.get("image"), method=JMLModel.extract,
+            )
+            host = {k: out[k] for k in ("start_logits", "end_logits") if k in out}
+            if "relation_probs" in out:
+                host["relation_probs"] = out["relation_probs"]
+            host["mask"], host["row"] = batch["mask"], batch["row"]
+            return host, (out["sequence_output"], out["image_features"])
+
+        self._extract = jax.jit(
+            extract, in_shardings=(p_sh, s_sh, bsh), out_shardings=(rep, (bsh, bsh))
+        )
+
+        def classify(params, batch_stats, kept, input_mask, starts, ends):
+            seq, img = kept
+            return model.apply(
+                _variables(params, batch_stats), seq, img, input_mask, starts, ends,
+                method=JMLModel.classify,
+            )
+
+        self._classify = jax.jit(
+            classify, in_shardings=(p_sh, s_sh, (bsh, bsh), bsh, bsh, bsh), out_shardings=rep
+        )
+
+    def _local_rows(self, array: np.ndarray) -> np.ndarray:
+        return array[process_batch_rows(self.mesh, array.shape[0])]
+
+    def predict_split(self, state, split: EvalSplit) -> dict[str, np.ndarray]:
+        """Runs the model over a split; returns per-row arrays in row order:
+        span_starts/ends/mask [N, 20], polarity [N, 20], polarity_probs
+        [N, 20, 4], span_scores [N, 20], gold_polarity [N, 20],
+        relation_probs [N, 2] (when images are on), texts (list)."""
+        feats = split.features
+        n = len(feats.examples)
+        arrays = feats.arrays
+        words_all = [[w.lower() for w in ex.words] for ex in feats.examples]
+        m = self.decode_config.n_best_size
+        res = {
+            "span_starts": np.zeros((n, m), np.int32), "span_ends": np.zeros((n, m), np.int32),
+            "span_mask": np.zeros((n, m), np.int32), "polarity": np.zeros((n, m), np.int32),
+            "polarity_probs": np.zeros((n, m, 4), np.float32), "span_scores": np.zeros((n, m), np.float32),
+            "gold_polarity": np.zeros(arrays["span_mask"].shape, np.int32),
+        }
+        texts: list[list[str]] = [[] for _ in range(n)]
+        rel = np.zeros((n, 2), np.float32)
+        seen = np.zeros(n, bool)
+        has_relation = False
+        for batch in split.make_iter():
+            gbatch = global_batch_from_process_local(batch, self.mesh)
+            host, kept = self._extract(state.params, state.batch_stats, gbatch)
+            host = jax.tree.map(np.asarray, host)
+            valid = host["mask"].astype(bool)
+            rows = host["row"]
+            safe_rows = np.where(valid, rows, 0)
+            decoded = decode_lib.decode_spans(
+                host["start_logits"], host["end_logits"],
+                arrays["num_tokens"][safe_rows], arrays["token_to_word"][safe_rows],
+                [feats.tokens[r] for r in safe_rows], [words_all[r] for r in safe_rows],
+                self.decode_config,
+            )
+            starts = np.where(valid[:, None], decoded.span_starts, 0).astype(np.int32)
+            ends = np.where(valid[:, None], decoded.span_ends, 0).astype(np.int32)
+            spans = global_batch_from_process_local(
+                {"s": self._local_rows(starts), "e": self._local_rows(ends)}, self.mesh
+            )
+            mask = gbatch["input_mask"]
+            logits = np.asarray(self._classify(state.params, state.batch_stats, kept, mask, spans["s"], spans["e"]))
+            gold_logits = np.asarray(
+                self._classify(state.params, state.batch_stats, kept, mask, gbatch["span_starts"], gbatch["span_ends"])
+            )
+            probs = _softmax(logits)
+            b_idx = np.arange(len(rows))[:, None]
+            scores = host["start_logits"][b_idx, starts] + host["end_logits"][b_idx, ends]
+            for i in np.nonzero(valid)[0]:
+                r = rows[i]
+                seen[r] = True
+                res["span_starts"][r], res["span_ends"][r] = starts[i], ends[i]
+                res["span_mask"][r] = decoded.span_mask[i]
+                res["polarity"][r] = logits[i].argmax(-1)
+                res["polarity_probs"][r] = probs[i]
+                res["span_scores"][r] = scores[i]
+                res["gold_polarity"][r] = gold_logits[i].argmax(-1)
+                texts[r] = decoded.texts[i]
+                if "relation_probs" in host:
+                    rel[r] = host["relation_probs"][i]
+                    has_relation = True
+        if not seen.all():
+            raise RuntimeError(f"split {split.name!r}: {int((~seen).sum())} of {n} rows were never evaluated")
+        res["texts"] = texts
+        if has_relation:
+            res["relation_probs"] = rel
+        return res
+
+    def evaluate(self, state, split: EvalSplit) -> tuple[dict[str, float], dict]:
+        """Scores one split: (metrics, raw predictions of `predict_split`)."""
+        pred = self.predict_split(state, split)
+        feats = split.features
+        words = [[w.lower() for w in ex.words] for ex in feats.examples]
+        gold = [[(a.start, a.end, a.polarity) for a in ex.aspects] for ex in feats.examples]
+        gold_pol = _gold_span_predictions(feats, pred["gold_polarity"])
+        scores = metrics_lib.evaluate_predictions(
+            pred["span_starts"], pred["span_ends"], pred["span_mask"], pred["texts"],
+            pred["polarity"], feats.arrays["token_to_word"], gold, words,
+            gold_span_polarity_ids=gold_pol,
+        )
+        if "relation_probs" in pred:
+            scores["relation/text_represented_frac"] = float((pred["relation_probs"][:, 0] > 0.5).mean())
+            scores["relation/image_adds_frac"] = float((pred["relation_probs"][:, 1] > 0.5).mean())
+        return scores, pred
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _gold_span_predictions(feats, gold_polarity: np.ndarray) -> list[list[int]]:
+    """Per sentence, the polarity predicted for each gold aspect given its span.
+
+    MASC trains on text-deduplicated gold spans (§5.2); an aspect whose text
+    repeats an earlier one in the sentence takes that span's prediction.
+    """
+    out = []
+    for r, ex in enumerate(feats.examples):
+        words = [w.lower() for w in ex.words]
+        first: dict[str, int] = {}
+        preds = []
+        slot = 0
+        for a in ex.aspects:
+            text = " ".join(words[a.start : a.end + 1])
+            if text not in first:
+                first[text] = slot
+                slot += 1
+            preds.append(int(gold_polarity[r, min(first[text], gold_polarity.shape[1] - 1)]))
+        out.append(preds)
+    return out
+
+
+def write_predictions(path: str | pathlib.Path, split: EvalSplit, pred: dict) -> None:
+    """JSON lines: one sentence per line with predicted and gold aspects."""
+    from jml_jax.metrics import POLARITY_NAMES
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    feats = split.features
+    with path.open("w", encoding="utf-8") as f:
+        for r, ex in enumerate(feats.examples):
+            t2w = feats.arrays["token_to_word"][r]
+            aspects = []
+            for j in np.nonzero(pred["span_mask"][r])[0]:
+                s, e = int(pred["span_starts"][r, j]), int(pred["span_ends"][r, j])
+                pol = int(pred["polarity"][r, j])
+                aspects.append({
+                    "text": pred["texts"][r][len(aspects)] if len(aspects) < len(pred["texts"][r]) else "",
+                    "word_start": int(t2w[s]), "word_end": int(t2w[e]),
+                    "polarity": POLARITY_NAMES[pol],
+                    "span_score": float(pred["span_scores"][r, j]),
+                    "polarity_prob": float(pred["polarity_probs"][r, j, pol]),
+                })
+            record = {
+                "example_id": ex.example_id, "image_id": ex.image_id, "words": list(ex.words),
+                "predicted": aspects,
+                "gold": [{"word_start": a.start, "word_end": a.end, "polarity": a.polarity,
+                          "text": " ".join(w.lower() for w in ex.words[a.start : a.end + 1])} for a in ex.aspects],
+            }
+            if "relation_probs" in pred:
+                record["p_text_represented"], record["p_image_adds"] = map(float, pred["relation_probs"][r])
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -1,0 +1,203 @@
+"""The joint JML model: relation-gated image features feeding MATE and MASC.
+
+Data flow of one forward (original-jml-code.md §2.5, §3, §4, §13)::
+
+    images -> main ResNet grid [B,49,2048] -> align_res -> V [B,49,D]
+    (ids, images) -> frozen relation module -> p = [P(R), P(V)]      (stop_gradient)
+    V_gate = gate(P(V)) * V          (align_res bias scaled too, §2.5)
+    ids -> main BERT -> H [B,L,D] -> MateHead(H, V_gate) -> start, end, S
+    (S, spans) -> MascHead(S, V_gate) -> polarity logits [B,M,4]
+
+Top-level parameter tree: ``bert``, ``resnet`` (main ResNet, with
+``batch_stats``), ``align_res``, ``mate``, ``masc``, ``relation``. The
+original's never-run modules (``text2span``, ``img_label_emb``, ResNet ``fc``)
+and the discarded BERT poolers have no parameters here; the converter reports
+them (jml_jax/convert/original.py).
+
+Three entry points, all called through ``model.apply(..., method=...)``:
+``__call__`` (training: both heads on gold spans), ``extract`` (MATE logits
+plus the tensors MASC needs) and ``classify`` (MASC on given spans), matching
+the original's modes ``train``, ``extraction`` and ``classification``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jml_jax.models import layers
+from jml_jax.models.bert import BertConfig, BertModel
+from jml_jax.models.heads import MascHead, MateHead
+from jml_jax.models.relation import GATES, RelationModule, gate_value, relation_probabilities
+from jml_jax.models.resnet import ResNet
+from jml_jax.models.spans import PACKINGS
+
+# §1.4: the original's normalisation constants (not ImageNet's).
+IMAGE_MEAN = (0.48, 0.498, 0.531)
+IMAGE_STD = (0.214, 0.207, 0.207)
+IMAGE_REGIONS = 49
+GRID_CHANNELS = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class JMLConfig:
+    """Everything that shapes the joint model. Defaults reproduce the original.
+
+    Switches (paper Table 7 ablations and fixes):
+      relation_gate: 'soft' (original), 'hard', or 'none' (without relation).
+      mate_vision / masc_vision: False feeds that head zero image features
+        (without vision for MATE / MASC).
+      use_images: False = text-only: no ResNets and no relation module run;
+        both heads see zero image features.
+      mask_attention: fix: text padding masked as attention keys and in the
+        relation module's means (the original masks nothing).
+      span_packing: 'batch' (original, bit-faithful) or 'row' (identical for
+        spans inside their row; shards over the batch). See models/spans.py.
+      train_main_resnet: the main ResNet is fine-tuned with BatchNorm in
+        training mode (original); False freezes it (eval BN, no gradient).
+    """
+
+    bert: BertConfig
+    relation_bert: BertConfig | None = None
+    resnet_depth: int = 152
+    resnet_blocks: tuple[int, ...] | None = None
+    resnet_width: int = 64
+    num_heads: int = 8
+    dropout_rate: float = 0.1
+    num_polarities: int = 4
+    relation_gate: str = "soft"
+    mate_vision: bool = True
+    masc_vision: bool = True
+    use_images: bool = True
+    mask_attention: bool = False
+    span_packing: str = "batch"
+    train_main_resnet: bool = True
+    image_mean: tuple[float, float, float] = IMAGE_MEAN
+    image_std: tuple[float, float, float] = IMAGE_STD
+    dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.relation_gate not in GATES:
+            raise ValueError(f"unknown relation_gate {self.relation_gate!r}; valid: {GATES}")
+        if self.span_packing not in PACKINGS:
+            raise ValueError(f"unknown span_packing {self.span_packing!r}; valid: {PACKINGS}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @property
+    def compute_dtype(self):
+        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+
+    @property
+    def relation_bert_config(self) -> BertConfig:
+        return self.relation_bert or self.bert
+
+
+def normalize_images(images, mean=IMAGE_MEAN, std=IMAGE_STD):
+    """uint8 [B, H, W, 3] -> float32 ``(x/255 - mean)/std``; float input is
+    taken as already normalised and returned unchanged (§1.4)."""
+    if images.dtype != jnp.uint8:
+        return images.astype(jnp.float32)
+    x = images.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+class JMLModel(nn.Module):
+    """The joint model of §2.5-§4. See the module docstring for the entry points."""
+
+    config: JMLConfig
+
+    def setup(self):
+        c = self.config
+        dt = c.compute_dtype
+        self.bert = BertModel(c.bert, dtype=dt, remat=c.remat, add_pooler=False)
+        if c.use_images:
+            self.resnet = ResNet(
+                depth=c.resnet_depth,
+                blocks=c.resnet_blocks,
+                width=c.resnet_width,
+                dtype=dt,
+                frozen=not c.train_main_resnet,
+            )
+            self.relation = RelationModule(
+                bert=c.relation_bert_config,
+                resnet_depth=c.resnet_depth,
+                resnet_blocks=c.resnet_blocks,
+                resnet_width=c.resnet_width,
+                num_heads=c.num_heads,
+                dropout_rate=c.dropout_rate,
+                mask_text=c.mask_attention,
+                dtype=dt,
+                remat=c.remat,
+            )
+        self.align_res = layers.dense(c.bert.hidden_size, ("img_embed", "embed"), "align_res", dt)
+        self.mate = MateHead(c.num_heads, c.dropout_rate, dt)
+        self.masc = MascHead(c.num_heads, c.num_polarities, c.dropout_rate, c.span_packing, dt)
+
+    def gated_image(self, input_ids, input_mask, images, *, train: bool = False):
+        """Main image grid, projected and gated (§2.5).
+
+        Returns:
+          (V_gate [B, 49, D], relation_probs [B, 2] or None when text-only).
+          The relation module always runs frozen: eval mode, no dropout,
+          ``stop_gradient`` on its output.
+        """
+        c = self.config
+        batch = input_ids.shape[0]
+        if not c.use_images:
+            return jnp.zeros((batch, IMAGE_REGIONS, c.bert.hidden_size), c.compute_dtype), None
+        pixels = normalize_images(images, c.image_mean, c.image_std).astype(c.compute_dtype)
+        grid, _ = self.resnet(pixels, train=train and c.train_main_resnet)
+        self.sow("intermediates", "main_resnet_grid", grid)
+        projected = self.align_res(grid)
+        self.sow("intermediates", "align_res_out", projected)
+        logits = self.relation(input_ids, input_mask, pixels, deterministic=True, train=False)
+        probs = jax.lax.stop_gradient(relation_probabilities(logits))
+        gate = gate_value(probs[:, 1], c.relation_gate)
+        return projected * gate[:, None, None].astype(projected.dtype), probs
+
+    def _head_images(self, gated):
+        c = self.config
+        mate_img = gated if c.mate_vision else jnp.zeros_like(gated)
+        masc_img = gated if c.masc_vision else jnp.zeros_like(gated)
+        return mate_img, masc_img
+
+    def extract(self, input_ids, input_mask, images=None, *, deterministic: bool = True, train: bool = False):
+        """Mode ``extraction`` (§3): MATE logits and what MASC needs later.
+
+        Returns a dict: start_logits, end_logits [B, L]; sequence_output S
+        [B, L, D]; image_features (the gated grid) [B, 49, D];
+        relation_probs [B, 2] (absent when text-only).
+        """
+        gated, probs = self.gated_image(input_ids, input_mask, images, train=train)
+        text, _ = self.bert(input_ids, input_mask, jnp.zeros_like(input_ids), deterministic=deterministic)
+        self.sow("intermediates", "main_bert_last", text)
+        mate_img, _ = self._head_images(gated)
+        start, end, seq = self.mate(text, mate_img, deterministic=deterministic)
+        out = {"start_logits": start, "end_logits": end, "sequence_output": seq, "image_features": gated}
+        if probs is not None:
+            out["relation_probs"] = probs
+        return out
+
+    def classify(self, sequence_output, image_features, input_mask, span_starts, span_ends, *, deterministic: bool = True):
+        """Mode ``classification`` (§4): polarity logits [B, M, 4] of spans,
+        from the stored S and gated image features of `extract`."""
+        _, masc_img = self._head_images(image_features)
+        return self.masc(sequence_output, input_mask, span_starts, span_ends, masc_img, deterministic=deterministic)
+
+    def __call__(self, input_ids, input_mask, span_starts, span_ends, images=None, *, deterministic: bool = True, train: bool = False):
+        """Mode ``train``: both heads, MASC on the given (gold) spans.
+
+        Returns the dict of `extract` plus polarity_logits [B, M, 4].
+        """
+        out = self.extract(input_ids, input_mask, images, deterministic=deterministic, train=train)
+        out["polarity_logits"] = self.classify(
+            out["sequence_output"], out["image_features"], input_mask, span_starts, span_ends,
+            deterministic=deterministic,
+        )
+        return out

@@ -1,0 +1,85 @@
+"""What every launch script shares: process setup, config paths, data sources."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from jml_jax import model_factory
+from jml_jax.evaluate import EvalSplit
+from jml_jax.train import TrainData
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging() -> None:
+    """INFO for this project; Orbax and absl's per-call chatter only from WARNING."""
+    from absl import logging as absl_logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def init_processes() -> None:
+    """``jax.distributed.initialize()`` when launched as several processes
+    (TPU pods and SLURM are detected by JAX; elsewhere set
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID)."""
+    multi = any(
+        os.environ.get(v) for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")
+    )
+    if multi and int(os.environ.get("SLURM_NTASKS", os.environ.get("JAX_NUM_PROCESSES", "2"))) > 1:
+        kwargs = {}
+        if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+            kwargs = dict(
+                coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                process_id=int(os.environ["JAX_PROCESS_ID"]),
+            )
+        jax.distributed.initialize(**kwargs)
+    log.info("process %d of %d; %d local / %d global devices (%s)", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+
+
+def resolve_config_paths(config) -> None:
+    """Turns aliases such as 'minilm' in data.vocab_file into real paths."""
+    if config.data.vocab_file:
+        config.data.vocab_file = str(model_factory.resolve_path(config.data.vocab_file, what="data.vocab_file"))
+    if not config.model.use_images and config.data.image_dir:
+        log.warning("model.use_images is False: ignoring data.image_dir=%s", config.data.image_dir)
+        config.data.image_dir = None
+
+
+def train_data(config) -> TrainData:
+    from data_pipeline import pipeline
+
+    split = pipeline.load_split(config.data, "train")
+
+    def make_iter(start_step: int):
+        return pipeline.make_train_iter(
+            config.data, split, global_batch_size=config.batch_size,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            seed=config.seed, start_step=start_step,
+        )
+
+    return TrainData(make_iter=make_iter, num_examples=split.num_examples)
+
+
+def eval_splits(config, names) -> dict[str, EvalSplit]:
+    from data_pipeline import pipeline
+
+    out = {}
+    for name in names:
+        split = pipeline.load_split(config.data, name)
+
+        def make_iter(split=split):
+            return pipeline.make_eval_iter(
+                config.data, split, global_batch_size=config.eval_batch_size,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+            )
+
+        out[name] = EvalSplit(name=name, make_iter=make_iter, features=split.features)
+    return out

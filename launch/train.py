@@ -1,0 +1,35 @@
+"""Train a JML config: ``python -m launch.train --config=configs/demo.py --workdir=DIR``.
+
+Resumes from the latest checkpoint in DIR when there is one. Any config field
+can be overridden: ``--config.num_epochs=3``; a mistyped field fails.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jml_jax.train import train_and_evaluate
+from launch import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and the config go")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    common.setup_logging()
+    common.init_processes()
+    config = _CONFIG.value
+    common.resolve_config_paths(config)
+    summary = train_and_evaluate(
+        config, _WORKDIR.value, common.train_data(config), common.eval_splits(config, config.eval_splits)
+    )
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
