@@ -45,6 +45,7 @@ def twitter_config(name: str, data_dir: str, steps_per_epoch_hint: int, arg: str
             c.data.image_dir = None
             c.model.relation_init = None
             c.model.resnet_init = None
+            c.optimizer.frozen_prefixes = ()
         elif variant == "minilm":
             c.model.bert = "minilm-l6"
             c.model.bert_init = "minilm"

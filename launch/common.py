@@ -44,6 +44,20 @@ def init_processes() -> None:
              jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
 
 
+def record_command(workdir: str) -> None:
+    """Appends the exact command line to ``workdir/command.txt`` (process 0)."""
+    import pathlib
+    import shlex
+    import sys
+
+    if jax.process_index() != 0:
+        return
+    path = pathlib.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    with (path / "command.txt").open("a", encoding="utf-8") as f:
+        f.write("python -m launch.train " + shlex.join(sys.argv[1:]) + "\n")
+
+
 def resolve_config_paths(config) -> None:
     """Turns aliases such as 'minilm' in data.vocab_file into real paths."""
     if config.data.vocab_file:
@@ -82,4 +96,23 @@ def eval_splits(config, names) -> dict[str, EvalSplit]:
             )
 
         out[name] = EvalSplit(name=name, make_iter=make_iter, features=split.features)
+    return out
+
+
+def relation_eval_splits(config, names):
+    """TRC eval splits for the relation stage (jml_jax.relation_train)."""
+    from data_pipeline import pipeline
+    from jml_jax.relation_train import RelationEvalSplit
+
+    out = {}
+    for name in names:
+        split = pipeline.load_split(config.data, name)
+
+        def make_iter(split=split):
+            return pipeline.make_eval_iter(
+                config.data, split, global_batch_size=config.eval_batch_size,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+            )
+
+        out[name] = RelationEvalSplit(name=name, make_iter=make_iter, num_examples=split.num_examples)
     return out

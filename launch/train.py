@@ -25,6 +25,7 @@ def main(argv):
     common.init_processes()
     config = _CONFIG.value
     common.resolve_config_paths(config)
+    common.record_command(_WORKDIR.value)
     summary = train_and_evaluate(
         config, _WORKDIR.value, common.train_data(config), common.eval_splits(config, config.eval_splits)
     )
