@@ -25,13 +25,22 @@ def setup_logging() -> None:
 
 
 def init_processes() -> None:
-    """``jax.distributed.initialize()`` when launched as several processes
-    (TPU pods and SLURM are detected by JAX; elsewhere set
-    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID)."""
+    """``jax.distributed.initialize()`` when launched as several processes.
+
+    SLURM (SLURM_NTASKS > 1) and GKE TPU pods (TPU_WORKER_HOSTNAMES) are
+    recognised from their environment. Cloud TPU VM pods started with
+    ``gcloud compute tpus tpu-vm ssh --worker=all`` have neither variable (JAX
+    finds them through the metadata server): set JML_MULTIHOST=1 there, as
+    launch/tpu_pod.sh does. JML_MULTIHOST=0 forces a single process. Elsewhere
+    set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    """
+    forced = os.environ.get("JML_MULTIHOST", "").strip()
+    if forced not in ("", "0", "1"):
+        raise ValueError(f"JML_MULTIHOST={forced!r}: expected 1 (initialize jax.distributed) or 0 (do not)")
     multi = any(
         os.environ.get(v) for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")
-    )
-    if multi and int(os.environ.get("SLURM_NTASKS", os.environ.get("JAX_NUM_PROCESSES", "2"))) > 1:
+    ) and int(os.environ.get("SLURM_NTASKS", os.environ.get("JAX_NUM_PROCESSES", "2"))) > 1
+    if (multi and forced != "0") or forced == "1":
         kwargs = {}
         if os.environ.get("JAX_COORDINATOR_ADDRESS"):
             kwargs = dict(
