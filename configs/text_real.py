@@ -11,7 +11,7 @@ Argument: the dataset name, then comma-separated options:
   seed=N        the run's seed (init, dropout, data order)
   fixed         the fixed optimizer (AdamW with bias correction, no decay on
                 biases/LayerNorm, global-norm clipping) and masked attention/loss
-  epochs=N      number of epochs (default 6)
+  epochs=N      number of epochs (default 3)
   lr=X          peak learning rate (default 5e-5)
 Annotations are read from $JML_DATA_ROOT/<dataset>/{train,dev,test}.json
 (default: ../shared/data beside the repository, else data/).
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None):
         raise ValueError(f"unknown dataset {name!r}; valid: twitter2015, twitter2017")
     root = data_root() / name
     variants = ["text_only", "minilm"]
-    settings = {"seed": "1", "epochs": "6", "lr": "5e-5"}
+    settings = {"seed": "1", "epochs": "3", "lr": "5e-5"}
     for option in options:
         if "=" in option:
             key, value = option.split("=", 1)
