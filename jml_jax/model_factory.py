@@ -156,6 +156,47 @@ def _load_relation(path_value: str, jml: JMLConfig, expected: Mapping[str, Any])
     return {c: variables[c]["relation"] for c in variables}
 
 
+def load_relation_pieces(config, jml: JMLConfig, abstract: Mapping[str, Any], *, use_images: bool) -> dict:
+    """Pretrained pieces of a standalone RelationModule (stage one, §2.4).
+
+    ``model.relation_init`` (a whole relation checkpoint) wins; otherwise
+    ``model.bert_init`` fills ``bert`` and, with images, ``model.resnet_init``
+    fills ``pre_resnet`` (the original gives the relation ResNet the same .pth
+    as the main one, §2.2).
+
+    Args:
+      abstract: the relation module's unboxed abstract variables.
+
+    Returns:
+      Flat ``{"params/bert/...": np.ndarray, "batch_stats/pre_resnet/...": ...}``.
+    """
+    m = config.model
+    params = abstract["params"]
+    stats = abstract.get("batch_stats", {})
+    pieces: dict[str, np.ndarray] = {}
+
+    def put(tree, prefix):
+        pieces.update({f"{prefix}/{k}": v for k, v in flatten_tree(tree).items()})
+
+    if m.relation_init:
+        expected = {"params": params, "batch_stats": stats} if stats else {"params": params}
+        loaded = _load_relation(m.relation_init, jml, expected)
+        for collection, tree in loaded.items():
+            put(tree, collection)
+        log.info("relation module initialised from %s", m.relation_init)
+        return pieces
+    if m.bert_init:
+        put(_load_bert(m.bert_init, jml.relation_bert_config, params["bert"]), "params/bert")
+        log.info("relation BERT initialised from %s", m.bert_init)
+    if use_images and m.resnet_init:
+        expected = {"params": params["pre_resnet"], "batch_stats": stats["pre_resnet"]}
+        loaded = _load_resnet(m.resnet_init, jml, expected)
+        put(loaded["params"], "params/pre_resnet")
+        put(loaded["batch_stats"], "batch_stats/pre_resnet")
+        log.info("relation ResNet initialised from %s", m.resnet_init)
+    return pieces
+
+
 def load_pretrained(config, model: JMLModel, abstract: Mapping[str, Any]) -> dict:
     """Loads every configured pretrained piece.
 
