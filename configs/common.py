@@ -33,7 +33,8 @@ def model_config() -> ml_collections.ConfigDict:
     # workdir) or the authors' relation checkpoint; None = random (only for
     # tests and the demo: the gate is then meaningless).
     m.relation_init = config_dict.placeholder(str)
-    # The authors' joint checkpoint.pth.tar: overrides every *_init above.
+    # The authors' joint checkpoint.pth.tar, or the folder `launch.convert_checkpoint jml`
+    # wrote from it: overrides every *_init above.
     m.original_checkpoint = config_dict.placeholder(str)
     m.num_heads = 8
     m.dropout_rate = 0.1

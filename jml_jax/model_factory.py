@@ -220,9 +220,15 @@ def load_pretrained(config, model: JMLModel, abstract: Mapping[str, Any]) -> dic
 
     if m.original_checkpoint:
         path = resolve_path(m.original_checkpoint, what="model.original_checkpoint")
-        state, _ = original.load_original_state(path)
-        variables, report = original.convert_original(state, jml, abstract, source=str(path))
-        log.info("authors' checkpoint %s: %s", path, report.summary())
+        if (path / "variables").is_dir():  # converted by `launch.convert_checkpoint jml`
+            from jml_jax.checkpointing import restore_params
+
+            flat = {k: np.asarray(v) for k, v in flatten_tree(restore_params(path / "variables")).items()}
+            variables = strict_merge(abstract, flat, source=str(path))
+        else:
+            state, _ = original.load_original_state(path)
+            variables, report = original.convert_original(state, jml, abstract, source=str(path))
+            log.info("authors' checkpoint %s: %s", path, report.summary())
         put(variables, "")
         return {k.lstrip("/"): v for k, v in pieces.items()}
     params = abstract["params"]

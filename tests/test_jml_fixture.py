@@ -286,3 +286,29 @@ def test_soft_gate_scales_projected_grid_including_bias(fixture, converted):
     projected = np.asarray(inter["intermediates"]["align_res_out"][0])
     p_v = np.asarray(out["relation_probs"])[:, 1]
     np.testing.assert_allclose(out["image_features"], projected * p_v[:, None, None], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("source", ["npz", "converted_folder"])
+def test_joint_config_loads_the_authors_checkpoint(fixtures_dir, converted, tmp_path, source):
+    """model.original_checkpoint accepts the authors' file and the folder
+    `launch.convert_checkpoint jml` writes; both give the converter's variables."""
+    from configs.demo import get_config
+    from jml_jax import model_factory
+    from jml_jax.checkpointing import save_params
+
+    _, variables, _, _ = converted
+    config = get_config()
+    config.model.bert_vocab_size = 100
+    config.model.resnet_width = 64
+    config.data.max_seq_length = 32
+    if source == "npz":
+        config.model.original_checkpoint = str(fixtures_dir / "orig_tiny_model.npz")
+    else:
+        save_params(tmp_path / "variables", variables)
+        config.model.original_checkpoint = str(tmp_path)
+    model = model_factory.build_model(config)
+    pieces = model_factory.load_pretrained(config, model, model_factory.abstract_variables(model, config))
+    expected = flatten_tree(variables)
+    assert set(pieces) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(pieces[key], value, err_msg=key)
