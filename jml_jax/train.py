@@ -30,6 +30,7 @@ import time
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jml_jax import losses, model_factory, optim
@@ -38,7 +39,7 @@ from jml_jax.decode import DecodeConfig
 from jml_jax.evaluate import EvalSplit, Evaluator, write_predictions
 from jml_jax.mesh import describe_mesh, make_mesh
 from jml_jax.progress import Progress
-from jml_jax.sharding import batch_sharding, global_batch_from_process_local, normalize_rules
+from jml_jax.sharding import batch_sharding, global_batch_from_process_local, normalize_rules, replicated
 from jml_jax.steps import make_train_step
 from jml_jax.summary import MetricWriter
 from jml_jax.train_state import create_sharded_state
@@ -138,15 +139,30 @@ class Setup:
     mesh: Any
     model: Any
     tx: Any
-    state: Any
+    state: Any  # None when built with init_state=False
     shardings: Any
     rules: Any
     abstract_state: Any
+    init_fn: Any = None  # rng -> variables, for `init_state`
+    seed: int = 0
+
+    def init_state(self):
+        """A freshly initialised sharded state (jitted init, compiled once per mesh)."""
+        state, _ = create_sharded_state(self.init_fn, self.tx, self.mesh, self.rules, jax.random.PRNGKey(self.seed))
+        return state
 
 
-def setup(config, *, num_train_steps: int | None = None) -> Setup:
-    """Mesh, model, optimizer and a freshly initialised sharded state."""
-    mesh = make_mesh(tuple(config.mesh_shape))
+def setup(config, *, num_train_steps: int | None = None, devices=None, init_state: bool = True) -> Setup:
+    """Mesh, model, optimizer and (with ``init_state``) a freshly initialised sharded state.
+
+    Args:
+      devices: the devices the mesh covers (default: all of them); e.g.
+        ``jax.devices()[:1]`` with ``config.mesh_shape=(1, 1, 1)`` evaluates a
+        checkpoint written on many devices on one.
+      init_state: ``False`` leaves ``state`` None: a caller that restores a
+        checkpoint into ``abstract_state`` skips compiling the model's init.
+    """
+    mesh = make_mesh(tuple(config.mesh_shape), devices=devices)
     rules = normalize_rules(config.axis_rules, mesh)
     model = model_factory.build_model(config)
     abstract = model_factory.abstract_variables(model, config)
@@ -158,24 +174,47 @@ def setup(config, *, num_train_steps: int | None = None) -> Setup:
     from jml_jax.train_state import abstract_sharded_state
 
     abstract_state, shardings = abstract_sharded_state(init_fn, tx, mesh, rules)
-    state, _ = create_sharded_state(init_fn, tx, mesh, rules, jax.random.PRNGKey(config.seed))
-    return Setup(mesh, model, tx, state, shardings, rules, abstract_state)
+    s = Setup(mesh, model, tx, None, shardings, rules, abstract_state, init_fn, int(config.seed))
+    if init_state:
+        s.state = s.init_state()
+    return s
+
+
+def make_finite_check(mesh) -> Callable[[Any], jax.Array]:
+    """Jitted ``tree -> bool`` (replicated on ``mesh``): every float leaf is finite.
+
+    The train step refuses updates whose loss or gradients are not finite, but
+    finite gradients can still give non-finite parameters (a NaN or infinite
+    learning rate); the loop checks before each save so no checkpoint holds them.
+    """
+
+    def all_finite(tree):
+        ok = jnp.array(True)
+        for x in jax.tree.leaves(tree):
+            if jnp.issubdtype(x.dtype, jnp.inexact):
+                ok = ok & jnp.all(jnp.isfinite(x))
+        return ok
+
+    return jax.jit(all_finite, out_shardings=replicated(mesh))
 
 
 def _host_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in metrics.items()}
 
 
-def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainData, eval_splits: Mapping[str, EvalSplit]) -> dict:
+def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainData, eval_splits: Mapping[str, EvalSplit],
+                       *, devices=None) -> dict:
     """Trains, evaluates and checkpoints; returns the summary of the best step.
 
     The summary (also written to ``workdir/summary.json``): best step, its
-    scores on every eval split, total steps and wall time.
+    scores on every eval split, total steps and wall time. ``devices``: the
+    devices of the mesh (default: all).
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     schedule = Schedule.from_config(config, train_data.num_examples)
-    s = setup(config, num_train_steps=schedule.total_steps)
+    # The state is initialised only when there is no checkpoint to resume.
+    s = setup(config, num_train_steps=schedule.total_steps, devices=devices, init_state=False)
     log.info("mesh %s; %d steps (%d per epoch), eval every %d after step %d",
              describe_mesh(s.mesh), schedule.total_steps, schedule.steps_per_epoch,
              schedule.eval_every, schedule.eval_start)
@@ -188,7 +227,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
         log.info("resumed from step %d in %s", int(state.step), workdir)
     else:
         pieces = model_factory.load_pretrained(config, s.model, model_factory.abstract_variables(s.model, config))
-        state = model_factory.place_pretrained(s.state, pieces, s.shardings)
+        state = model_factory.place_pretrained(s.init_state(), pieces, s.shardings)
         best = {"step": None, "value": -math.inf, "scores": {}}
         if jax.process_index() == 0:
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -197,6 +236,16 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
         grad_accum_steps=config.optimizer.grad_accum_steps, rules=s.rules,
     )
     evaluator = Evaluator(s.model, s.mesh, s.shardings, decode_config_from(config))
+    finite = make_finite_check(s.mesh)
+
+    def save(step, state, **kwargs):
+        if not bool(finite((state.params, state.batch_stats))):
+            raise NonFiniteLossError(
+                f"the parameters are not finite after step {step} although its loss and gradients "
+                f"were (an optimizer setting such as the learning rate?); step {step} was not saved"
+            )
+        ckpt.save(step, state, **kwargs)
+
     writer = MetricWriter(workdir)
     start = int(state.step)
     batches = train_data.make_iter(start)
@@ -225,13 +274,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
                 improved = value > best["value"]
                 if improved:
                     best = {"step": step, "value": value, "scores": scores}
-                ckpt.save(step, state, metadata={"best": best}, metrics=scores if improved else None,
-                          force=True)
+                save(step, state, metadata={"best": best}, metrics=scores if improved else None, force=True)
                 progress.note(f"step {step}: {select}={value:.4f} (best {best['value']:.4f} @ {best['step']})")
             elif step % config.checkpoint_every_steps == 0:
-                ckpt.save(step, state, metadata={"best": best})
+                save(step, state, metadata={"best": best})
         if ckpt.latest_step() != int(state.step):
-            ckpt.save(int(state.step), state, metadata={"best": best}, force=True)
+            save(int(state.step), state, metadata={"best": best}, force=True)
     finally:
         progress.close()
         ckpt.wait()
@@ -268,15 +316,17 @@ def run_evals(evaluator: Evaluator, state, eval_splits: Mapping[str, EvalSplit],
 
 
 def evaluate_checkpoint(config, workdir, eval_splits: Mapping[str, EvalSplit], *, which: str = "best",
-                        predictions_dir: str | pathlib.Path | None = None) -> dict[str, float]:
+                        predictions_dir: str | pathlib.Path | None = None, devices=None) -> dict[str, float]:
     """Restores ``which`` ('best', 'latest' or a step) and scores every split.
 
-    Restores into this run's mesh and shardings, whatever mesh wrote it.
+    Restores into this run's mesh and shardings (``config.mesh_shape`` over
+    ``devices``, default all), whatever mesh wrote it.
     Writes ``<predictions_dir>/<split>_predictions.jsonl`` when asked.
     """
-    s = setup(config, num_train_steps=1)
+    s = setup(config, num_train_steps=1, devices=devices, init_state=False)
+    # create=False: a mistyped workdir is an error, not a new empty folder.
     ckpt = Checkpointer(pathlib.Path(workdir), keep=config.keep_checkpoints,
-                        best_metric=f"{config.select_split}/{config.select_metric}")
+                        best_metric=f"{config.select_split}/{config.select_metric}", create=False)
     try:
         state, _ = ckpt.restore(which, s.abstract_state)
     finally:

@@ -1,0 +1,501 @@
+"""The training system on the real JML model (demo config, bundled sample data).
+
+What a user of `jml_jax.train` relies on, with the 8 fake CPU devices of
+tests/conftest.py:
+
+* a train step gives the same loss and parameters on every mesh and on one
+  device (not yet on (2, 2, 2): see _MAXPOOL_GRAD_BUG), and leaves params and
+  optimizer state in their intended shardings;
+* an interrupted run resumed in its work directory ends exactly where an
+  uninterrupted run ends;
+* a checkpoint written on 8 devices evaluates on 1 with identical metrics, and
+  `evaluate_checkpoint(which='best')` reproduces the metrics logged in training;
+* missing, partial or incompatible checkpoints and non-finite losses stop the
+  run with a clear error, never a silent fresh start or a corrupt checkpoint.
+
+The demo model is shrunk (sequence length 32, 4 steps). Most runs are
+text-only; the step-parity and end-to-end tests keep the images on (main
+ResNet BatchNorm in train mode, dropout on). JAX compiles dominate the run
+time, so identical programs (same config, same mesh) are compiled once: the
+module turns on JAX's persistent compilation cache in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+from jax.sharding import PartitionSpec
+
+from configs import demo
+from jml_jax import train
+from jml_jax.checkpointing import COMMIT_FILE, Checkpointer, CheckpointError, CheckpointStructureError
+from jml_jax.sharding import batch_sharding, global_batch_from_process_local
+from jml_jax.steps import make_train_step
+from jml_jax.summary import read_jsonl
+from launch import common
+
+TOTAL_STEPS = 4
+SELECT = "dev/joint_orig/f1"
+_CACHE_OPTIONS = {
+    "jax_compilation_cache_dir": None,
+    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    "jax_persistent_cache_min_entry_size_bytes": -1,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache_dir(tmp_path_factory):
+    """JAX's persistent compilation cache, for this module only."""
+    saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+    options = dict(_CACHE_OPTIONS, jax_compilation_cache_dir=str(tmp_path_factory.mktemp("jax_cache")))
+    for name, value in options.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()  # picks up the folder even if JAX compiled before
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()
+
+
+def small_demo_config(*, images: bool):
+    """The demo config, shrunk: 7 steps per epoch (60 examples / 8), 4 steps."""
+    c = demo.get_config(None if images else "text_only")
+    c.data.max_seq_length = 32
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.max_steps = TOTAL_STEPS
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 2
+    c.eval_per_epoch = 1  # eval every 7 steps: only at the last step (4)
+    c.keep_checkpoints = 3
+    return c
+
+
+def _copy(config, **changes):
+    c = config.copy_and_resolve_references()
+    for dotted, value in changes.items():
+        node = c
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    return {
+        jax.tree_util.keystr(path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+    }
+
+
+def _assert_trees_close(got, want, *, tol, what):
+    got, want = _flat(got), _flat(want)
+    assert got.keys() == want.keys(), what
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=tol, atol=tol, err_msg=f"{what}: {key}")
+
+
+def _model_batch(batch):
+    keys = [k for k in train.TRAIN_KEYS if k in batch] + (["image"] if "image" in batch else [])
+    return {k: batch[k] for k in keys}
+
+
+def _logged_evals(workdir) -> dict[int, dict[str, float]]:
+    """The eval scores that training wrote to metrics.jsonl, by step."""
+    return {
+        r["step"]: {k: v for k, v in r.items() if k not in ("step", "wall_time")}
+        for r in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") if SELECT in r
+    }
+
+
+def _restore(config, workdir, which="latest", devices=None):
+    s = train.setup(config, num_train_steps=TOTAL_STEPS, devices=devices, init_state=False)
+    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+        return ckpt.restore(which, s.abstract_state)
+
+
+class _Preempted(Exception):
+    """Stands for the process being stopped (SIGTERM, a lost TPU host)."""
+
+
+def _interrupted(data: train.TrainData, at_step: int) -> train.TrainData:
+    """The same stream, stopping the run when step ``at_step`` asks for its batch."""
+
+    def make_iter(start):
+        inner = data.make_iter(start)
+
+        def gen():
+            step = start
+            try:
+                while True:
+                    step += 1
+                    if step == at_step:
+                        raise _Preempted(f"stopped before step {at_step}")
+                    yield next(inner)
+            finally:
+                inner.close()
+
+        return gen()
+
+    return train.TrainData(make_iter=make_iter, num_examples=data.num_examples)
+
+
+def _never(start):
+    raise AssertionError("training must not start")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@pytest.fixture(scope="module")
+def text_config():
+    return small_demo_config(images=False)
+
+
+@pytest.fixture(scope="module")
+def text_data(text_config):
+    return common.train_data(text_config), common.eval_splits(text_config, ("dev", "test"))
+
+
+@pytest.fixture(scope="module")
+def image_config():
+    # Evals at steps 2 and 4 (7 steps per epoch // 3), so 'best' is a choice.
+    return _copy(small_demo_config(images=True), mesh_shape=(2, 4, 1), eval_per_epoch=3)
+
+
+@pytest.fixture(scope="module")
+def image_data(image_config):
+    return common.train_data(image_config), common.eval_splits(image_config, ("dev", "test"))
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, text_config, text_data):
+    """An uninterrupted 4-step text-only run on the default (8, 1, 1) mesh."""
+    workdir = tmp_path_factory.mktemp("text_run")
+    summary = train.train_and_evaluate(text_config, workdir, *text_data)
+    return workdir, summary
+
+
+# --------------------------------------------------------------------------- 1. meshes
+
+
+@pytest.fixture(scope="module")
+def step_parity(image_config, image_data):
+    """The initial state (host copy) and the first 3 global batches of the image config."""
+    s = train.setup(image_config, num_train_steps=TOTAL_STEPS)
+    train_data, _ = image_data
+    it = train_data.make_iter(0)
+    try:
+        batches = [_model_batch(next(it)) for _ in range(3)]
+    finally:
+        it.close()
+    assert "image" in batches[0] and batches[0]["image"].shape == (8, 224, 224, 3)
+    return {"initial": jax.device_get(s.state), "batches": batches, "results": {}}
+
+
+def _run_steps(config, parity, mesh_shape, devices=None):
+    """Losses and host params after steps 1 and 3, and the final state, on one mesh."""
+    key = tuple(mesh_shape)
+    if key in parity["results"]:
+        return parity["results"][key]
+    cfg = _copy(config, mesh_shape=tuple(mesh_shape))
+    s = train.setup(cfg, num_train_steps=TOTAL_STEPS, devices=devices, init_state=False)
+    state = jax.device_put(parity["initial"], s.shardings)
+    step = make_train_step(
+        train.make_loss_fn(s.model, s.model.config), s.tx, s.shardings, batch_sharding(s.mesh),
+        grad_accum_steps=cfg.optimizer.grad_accum_steps, rules=s.rules,
+    )
+    losses, after = [], {}
+    for i, batch in enumerate(parity["batches"], start=1):
+        state, metrics = step(state, global_batch_from_process_local(batch, s.mesh))
+        assert bool(metrics["is_finite"])
+        losses.append(float(metrics["loss"]))
+        if i in (1, 3):
+            after[i] = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    result = {"losses": losses, "after": after, "state": state, "setup": s}
+    parity["results"][key] = result
+    return result
+
+
+# On (2, 2, 2) the gradient of the main ResNet's layers below its max-pool is
+# wrong (up to 100%) while the loss is right: XLA's SPMD partitioning of the
+# max-pool's backward pass (select-and-scatter) feeding a stride-2 3x3 conv,
+# with the batch over ('data', 'fsdp') and channels over 'tensor'. Pinning the
+# max-pool's input and output to ('batch', None, None, None) with
+# jml_jax.sharding.constrain makes a reduced conv -> pool -> conv chain exact,
+# but not the full model (tried in models/resnet.py: batch_stats still differ
+# after 3 steps). Until the cause is found this case fails, strictly.
+_MAXPOOL_GRAD_BUG = pytest.mark.xfail(
+    strict=True, reason="ResNet max-pool gradient is wrong under SPMD on a (2, 2, 2) mesh (see comment)"
+)
+
+
+@pytest.mark.parametrize(
+    "mesh_shape",
+    [
+        (2, 4, 1),
+        pytest.param((2, 2, 2), marks=_MAXPOOL_GRAD_BUG),
+        pytest.param((8, 1, 1), marks=pytest.mark.slow),
+    ],
+)
+def test_train_steps_match_one_device_on_every_mesh(image_config, step_parity, mesh_shape):
+    assert image_config.model.use_images and image_config.model.train_main_resnet
+    assert image_config.model.dropout_rate > 0
+    one = _run_steps(image_config, step_parity, (1, 1, 1), devices=jax.devices()[:1])
+    many = _run_steps(image_config, step_parity, mesh_shape)
+    assert many["setup"].mesh.devices.size == 8
+    np.testing.assert_allclose(many["losses"], one["losses"], rtol=1e-5, atol=1e-5)
+    for i in (1, 3):
+        _assert_trees_close(many["after"][i], one["after"][i], tol=1e-5, what=f"{mesh_shape} after step {i}")
+    # The step did train: BERT moved, the main ResNet's BatchNorm statistics
+    # moved (train mode), the frozen relation module did not.
+    initial, after = step_parity["initial"], one["after"][3]
+    assert not np.allclose(after["params"]["bert"]["embeddings"]["word_embeddings"]["embedding"],
+                           initial.params["bert"]["embeddings"]["word_embeddings"]["embedding"])
+    assert any(not np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(after["batch_stats"]["resnet"]), jax.tree.leaves(initial.batch_stats["resnet"])))
+    _assert_trees_close(after["params"]["relation"], initial.params["relation"], tol=0, what="frozen relation")
+    _assert_trees_close(after["batch_stats"]["relation"], initial.batch_stats["relation"], tol=0,
+                        what="frozen relation statistics")
+
+
+def _opt_leaves(opt_state):
+    return {
+        "/".join(str(getattr(e, "key", getattr(e, "name", getattr(e, "idx", e)))) for e in path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    }
+
+
+def test_state_keeps_its_shardings_after_steps(image_config, step_parity):
+    run = _run_steps(image_config, step_parity, (2, 2, 2))
+    state = run["state"]
+    query = state.params["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]
+    # ('embed', 'heads') -> ('fsdp', 'tensor') under jml_jax.axes.DEFAULT_RULES.
+    assert query["kernel"].sharding.spec == PartitionSpec("fsdp", "tensor")
+    assert query["bias"].sharding.spec == PartitionSpec("tensor")
+    assert query["kernel"].sharding.mesh.shape == {"data": 2, "fsdp": 2, "tensor": 2}
+    # Every leaf is where the step's out_shardings put it.
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(run["setup"].shardings)):
+        assert got.sharding.is_equivalent_to(want, got.ndim)
+    # The Adam moments follow their parameters; the frozen relation has none.
+    leaves = _opt_leaves(state.opt_state)
+    kernel_path = "bert/encoder/layer_0/attention/self/query/kernel"
+    moments = [v for k, v in leaves.items() if k.endswith(kernel_path)]
+    assert len(moments) == 2, sorted(leaves)[:20]
+    for m in moments:
+        assert m.sharding.spec == PartitionSpec("fsdp", "tensor")
+    assert not [k for k in leaves if "relation" in k.split("/")]
+    assert [k for k in leaves if "resnet" in k.split("/")], "the main ResNet trains in the demo"
+
+
+# --------------------------------------------------------------------------- 2. resume
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, text_config, text_data, text_run):
+    full_dir, full_summary = text_run
+    train_data, splits = text_data
+    workdir = tmp_path / "interrupted"
+    with pytest.raises(_Preempted):
+        train.train_and_evaluate(text_config, workdir, _interrupted(train_data, at_step=3), splits)
+    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+        assert ckpt.all_steps() == [2]  # checkpoint_every_steps=2; step 3 never finished
+    summary = train.train_and_evaluate(text_config, workdir, train_data, splits)
+
+    full, _ = _restore(text_config, full_dir)
+    resumed, meta = _restore(text_config, workdir)
+    assert int(resumed.step) == int(full.step) == TOTAL_STEPS
+    _assert_trees_close(resumed.params, full.params, tol=1e-6, what="params")
+    _assert_trees_close(resumed.opt_state, full.opt_state, tol=1e-6, what="optimizer state")
+    np.testing.assert_array_equal(np.asarray(resumed.rng), np.asarray(full.rng))
+    # The same losses at the same steps, and the same scores at the final eval.
+    def losses(d):
+        return {r["step"]: r["train/loss"] for r in read_jsonl(d / "metrics.jsonl") if "train/loss" in r}
+
+    resumed_losses, full_losses = losses(workdir), losses(full_dir)
+    assert sorted(full_losses) == [1, 2, 3, 4] and sorted(resumed_losses) == [1, 2, 3, 4]
+    np.testing.assert_allclose([resumed_losses[s] for s in range(1, 5)], [full_losses[s] for s in range(1, 5)],
+                               rtol=1e-6, atol=1e-6)
+    assert summary["best_step"] == full_summary["best_step"] == TOTAL_STEPS
+    assert summary["best_scores"] == full_summary["best_scores"]
+    assert meta["best"]["step"] == TOTAL_STEPS
+
+
+# --------------------------------------------------------------------------- 3, 4. evaluation
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory, image_config, image_data):
+    """The demo (images on) trained 4 steps on a (2, 4, 1) mesh, evaluated at steps 2 and 4."""
+    workdir = tmp_path_factory.mktemp("image_run")
+    summary = train.train_and_evaluate(image_config, workdir, *image_data)
+    return workdir, summary
+
+
+@pytest.fixture(scope="module")
+def image_run_eval(image_run, image_config, image_data):
+    """`launch.evaluate`'s call on the training mesh: best checkpoint, predictions written."""
+    workdir, _ = image_run
+    scores = train.evaluate_checkpoint(image_config, workdir, image_data[1], which="best",
+                                       predictions_dir=workdir / "predictions")
+    return scores
+
+
+def test_demo_run_best_checkpoint_reproduces_the_logged_metrics(image_run, image_run_eval, image_data):
+    workdir, summary = image_run
+    assert json.loads((workdir / "summary.json").read_text()) == summary
+    assert summary["total_steps"] == TOTAL_STEPS and summary["best_step"] in (2, 4)
+    logged = _logged_evals(workdir)
+    assert sorted(logged) == [2, 4]
+    best = summary["best_step"]
+    assert summary["best_scores"] == logged[best]
+    # 'best' strictly improves on earlier evals (§7.4): step 4 wins only if better.
+    assert (best == 4) == (logged[4][SELECT] > logged[2][SELECT])
+
+    scores = dict(image_run_eval)
+    assert scores.pop("step") == best
+    assert any(k.startswith("test/") for k in scores) and any(k.startswith("dev/") for k in scores)
+    assert scores == summary["best_scores"]
+
+    # One JSON line per sentence, in split order.
+    _, splits = image_data
+    for name, split in splits.items():
+        lines = (workdir / "predictions" / f"{name}_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        assert len(lines) == len(split.features.examples) == 20
+        records = [json.loads(line) for line in lines]
+        assert [r["example_id"] for r in records] == [ex.example_id for ex in split.features.examples]
+        for r, ex in zip(records, split.features.examples):
+            assert r["words"] == list(ex.words)
+            assert len(r["gold"]) == len(ex.aspects)
+            assert 0.0 <= r["p_image_adds"] <= 1.0
+            for a in r["predicted"]:
+                assert 0 <= a["word_start"] <= a["word_end"] < len(ex.words)
+
+
+def test_checkpoint_from_eight_devices_evaluates_identically_on_one(image_run, image_run_eval, image_config,
+                                                                   image_data):
+    workdir, _ = image_run
+    one = _copy(image_config, mesh_shape=(1, 1, 1))
+    for which in ("best", "latest"):
+        scores = train.evaluate_checkpoint(one, workdir, image_data[1], which=which, devices=jax.devices()[:1])
+        if which == "best":
+            assert scores == image_run_eval
+        else:
+            assert scores.pop("step") == TOTAL_STEPS
+            assert scores == _logged_evals(workdir)[TOTAL_STEPS]
+    state, _ = _restore(one, workdir, devices=jax.devices()[:1])
+    assert all(len(leaf.sharding.device_set) == 1 for leaf in jax.tree.leaves(state))
+
+
+# --------------------------------------------------------------------------- 5. bad checkpoints
+
+
+def test_evaluating_an_empty_workdir_raises(tmp_path, text_config, text_data):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint directory"):
+        train.evaluate_checkpoint(text_config, empty, text_data[1])
+    assert list(empty.iterdir()) == []  # nothing created in a mistyped folder
+
+
+def test_resuming_with_another_model_names_the_mismatched_keys(tmp_path, text_config, text_run):
+    workdir = tmp_path / "run"
+    shutil.copytree(text_run[0], workdir)
+    other = _copy(text_config, **{"model.bert": "minilm-l6"})  # hidden 384 instead of 32, 6 layers
+    with pytest.raises(CheckpointStructureError) as err:
+        train.train_and_evaluate(other, workdir, train.TrainData(make_iter=_never, num_examples=60), {})
+    message = str(err.value)
+    assert "does not fit the target state" in message and "wrong shape" in message
+    assert "bert/embeddings/word_embeddings/embedding target (436, 384) checkpoint (436, 32)" in message
+    assert ("params/bert/embeddings/word_embeddings/embedding", (436, 384), (436, 32)) in err.value.mismatched
+    assert "params/bert/encoder/layer_5/attention/self/query/kernel" in err.value.missing
+    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+        assert ckpt.all_steps() == [2, 4]  # the run's checkpoints are untouched
+
+
+def test_a_run_with_only_partial_checkpoints_does_not_restart(tmp_path, text_config, text_run):
+    workdir = tmp_path / "run"
+    shutil.copytree(text_run[0], workdir)
+    for step_dir in (workdir / "checkpoints").iterdir():
+        if step_dir.name.isdigit():
+            (step_dir / COMMIT_FILE).unlink()  # as if every save had been cut short
+    with pytest.raises(CheckpointError, match="only incomplete checkpoints"):
+        train.train_and_evaluate(text_config, workdir, train.TrainData(make_iter=_never, num_examples=60), {})
+    with pytest.raises(CheckpointError, match="incomplete"):
+        train.evaluate_checkpoint(text_config, workdir, {}, which=TOTAL_STEPS)
+
+
+# --------------------------------------------------------------------------- 6. non-finite
+
+
+def _poisoned(data: train.TrainData, at_step: int) -> train.TrainData:
+    """Step ``at_step`` gets token ids past the vocabulary: NaN embeddings, NaN loss."""
+
+    def make_iter(start):
+        inner = data.make_iter(start)
+
+        def gen():
+            step = start
+            try:
+                for batch in inner:
+                    step += 1
+                    if step == at_step:
+                        batch = dict(batch, input_ids=np.full_like(batch["input_ids"], 10**6))
+                    yield batch
+            finally:
+                inner.close()
+
+        return gen()
+
+    return train.TrainData(make_iter=make_iter, num_examples=data.num_examples)
+
+
+def _assert_saved_states_finite(config, workdir):
+    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+        steps = ckpt.all_steps()
+    for step in steps:
+        state, _ = _restore(config, workdir, which=step)
+        for key, value in _flat({"params": state.params, "batch_stats": state.batch_stats}).items():
+            assert np.isfinite(value).all(), f"step {step}: {key} is not finite"
+    return steps
+
+
+def test_nan_loss_stops_the_run_and_saves_nothing_from_it(tmp_path, text_config, text_data):
+    train_data, splits = text_data
+    workdir = tmp_path / "run"
+    with pytest.raises(train.NonFiniteLossError, match="at step 3"):
+        train.train_and_evaluate(text_config, workdir, _poisoned(train_data, at_step=3), splits)
+    assert _assert_saved_states_finite(text_config, workdir) == [2]
+    assert not (workdir / "summary.json").exists()
+
+
+def test_non_finite_parameters_are_never_saved(tmp_path, text_config, text_data, text_run):
+    # Finite loss and gradients but NaN updates (here: NaN Adam moments in the
+    # checkpoint it resumes from): the parameters go bad before the loss does.
+    state, meta = _restore(text_config, text_run[0], which=2)
+    bad = state.replace(opt_state=jax.tree.map(
+        lambda x: x * np.nan if np.issubdtype(x.dtype, np.inexact) else x, state.opt_state))
+    workdir = tmp_path / "run"
+    with Checkpointer(workdir, best_metric=SELECT) as ckpt:
+        ckpt.save(2, bad, metadata={"best": meta["best"]})
+    config = _copy(text_config, checkpoint_every_steps=1)
+    with pytest.raises(train.NonFiniteLossError, match="not finite after step 3"):
+        train.train_and_evaluate(config, workdir, *text_data)
+    assert _assert_saved_states_finite(config, workdir) == [2]
+
+
+@pytest.mark.slow
+def test_nan_learning_rate_never_reaches_a_checkpoint(tmp_path, text_config, text_data):
+    # Finite loss and gradients but NaN updates: the parameters go bad first.
+    config = _copy(text_config, **{"optimizer.learning_rate": math.nan, "checkpoint_every_steps": 1})
+    workdir = tmp_path / "run"
+    with pytest.raises(train.NonFiniteLossError, match="step 1"):
+        train.train_and_evaluate(config, workdir, *text_data)
+    assert _assert_saved_states_finite(config, workdir) == []

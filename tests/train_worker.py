@@ -1,0 +1,110 @@
+"""One process of the two-process JML training run in tests/test_train_multiprocess.py.
+
+Usage: python train_worker.py MODE PROCESS_ID NUM_PROCESSES PORT WORKDIR
+
+Each process owns 2 CPU devices (XLA_FLAGS set by the launching test); the 4
+global devices form a (data=1, fsdp=2, tensor=2) mesh, so the batch and the
+FSDP parameter shards span the two processes and the tensor split stays
+inside each. Each process loads only its rows of every global batch through
+data_pipeline's `make_train_iter` with its process index and count
+(`launch.common.train_data`). MODE:
+
+* ``train``: `jml_jax.train.train_and_evaluate` on the text-only demo config,
+  exactly as `launch.train` runs it: steps, evaluation, the shared Orbax
+  checkpoints; process 0 writes summary.json and metrics.jsonl.
+* ``steps``: the same set-up and jitted train step for `STEPS` steps, no
+  evaluation (the quick variant); process 0 writes the losses and the
+  gathered parameters to WORKDIR/result.npz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+MESH_SHAPE = (1, 2, 2)
+STEPS = 2
+
+
+def worker_config():
+    """The text-only demo config, shrunk: 4 steps, one eval at the end."""
+    from configs import demo
+
+    c = demo.get_config("text_only")
+    c.data.max_seq_length = 32
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.max_steps = 4
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 2
+    c.eval_per_epoch = 1
+    c.mesh_shape = MESH_SHAPE
+    return c
+
+
+def run_steps(config, num_steps: int, devices=None):
+    """``num_steps`` train steps as `train_and_evaluate` takes them: (losses, state)."""
+    from jml_jax import train
+    from jml_jax.sharding import batch_sharding, global_batch_from_process_local
+    from jml_jax.steps import make_train_step
+    from launch import common
+
+    s = train.setup(config, num_train_steps=config.max_steps, devices=devices)
+    step = make_train_step(
+        train.make_loss_fn(s.model, s.model.config), s.tx, s.shardings, batch_sharding(s.mesh),
+        grad_accum_steps=config.optimizer.grad_accum_steps, rules=s.rules,
+    )
+    it = common.train_data(config).make_iter(0)
+    state, losses = s.state, []
+    try:
+        for _ in range(num_steps):
+            batch = next(it)
+            batch = {k: batch[k] for k in train.TRAIN_KEYS if k in batch}
+            state, metrics = step(state, global_batch_from_process_local(batch, s.mesh))
+            losses.append(float(metrics["loss"]))
+    finally:
+        it.close()
+    return losses, state
+
+
+def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str) -> None:
+    import jax
+
+    # CPU collectives across processes need gloo (a launch script may set this).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=60,
+    )
+    from jml_jax.train import train_and_evaluate
+    from launch import common
+
+    assert jax.process_count() == num_processes, jax.process_count()
+    config = worker_config()
+    if mode == "steps":
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        losses, state = run_steps(config, STEPS)
+        params = multihost_utils.process_allgather(state.params, tiled=True)
+        if process_id == 0:
+            flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+            np.savez(os.path.join(workdir, "result.npz"), losses=np.asarray(losses), **flat)
+        jax.distributed.shutdown()
+        return
+    train_data = common.train_data(config)
+    # The rows this process loads of global batch 0 (checked by the test).
+    it = train_data.make_iter(0)
+    rows = it.batch_at(0)["example_index"].tolist()
+    it.close()
+    summary = train_and_evaluate(config, workdir, train_data, common.eval_splits(config, ("dev", "test")))
+    with open(os.path.join(workdir, f"process_{process_id}.json"), "w") as f:
+        json.dump({"rows": rows, "summary": summary, "local_devices": jax.local_device_count()}, f)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
