@@ -91,10 +91,10 @@ def train_data(config) -> TrainData:
     return TrainData(make_iter=make_iter, num_examples=split.num_examples)
 
 
-def eval_splits(config, names) -> dict[str, EvalSplit]:
+def _eval_streams(config, names):
+    """Yields (name, prepared split, make_iter) for each evaluation split."""
     from data_pipeline import pipeline
 
-    out = {}
     for name in names:
         split = pipeline.load_split(config.data, name)
 
@@ -104,24 +104,21 @@ def eval_splits(config, names) -> dict[str, EvalSplit]:
                 process_index=jax.process_index(), process_count=jax.process_count(),
             )
 
-        out[name] = EvalSplit(name=name, make_iter=make_iter, features=split.features)
-    return out
+        yield name, split, make_iter
+
+
+def eval_splits(config, names) -> dict[str, EvalSplit]:
+    return {
+        name: EvalSplit(name=name, make_iter=make_iter, features=split.features)
+        for name, split, make_iter in _eval_streams(config, names)
+    }
 
 
 def relation_eval_splits(config, names):
     """TRC eval splits for the relation stage (jml_jax.relation_train)."""
-    from data_pipeline import pipeline
     from jml_jax.relation_train import RelationEvalSplit
 
-    out = {}
-    for name in names:
-        split = pipeline.load_split(config.data, name)
-
-        def make_iter(split=split):
-            return pipeline.make_eval_iter(
-                config.data, split, global_batch_size=config.eval_batch_size,
-                process_index=jax.process_index(), process_count=jax.process_count(),
-            )
-
-        out[name] = RelationEvalSplit(name=name, make_iter=make_iter, num_examples=split.num_examples)
-    return out
+    return {
+        name: RelationEvalSplit(name=name, make_iter=make_iter, num_examples=split.num_examples)
+        for name, split, make_iter in _eval_streams(config, names)
+    }
