@@ -53,6 +53,15 @@ LOGICAL_AXES = (
 # head/MLP/vocab projection, the other on ``tensor`` (Megatron-style split). A
 # dimension whose size does not divide its mesh axes is replicated instead; see
 # `jml_jax.sharding.fit_spec_to_shape`.
+#
+# Conv kernels are split on their output channels over ``fsdp`` only: the
+# ResNets are data-parallel. With ``tensor`` in a conv kernel's spec (input
+# channels on ``fsdp`` and output channels on ``tensor``, or output channels on
+# both), XLA's SPMD partitioner (jax 0.10) returned wrong ResNet gradients on
+# the (2, 2, 2) and (1, 1, 8) meshes while the loss was right; a pure-JAX
+# conv -> ReLU -> conv -> train-mode BatchNorm chain reproduces it. The test
+# tests/test_mesh_sharding.py::test_resnet_gradients_match_one_device_on_every_mesh
+# guards these rules.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (BATCH, (DATA, FSDP)),
     (LENGTH, None),
@@ -65,7 +74,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (NORM, None),
     (CONV_H, None),
     (CONV_W, None),
-    (CONV_IN, FSDP),
-    (CONV_OUT, TENSOR),
+    (CONV_IN, None),
+    (CONV_OUT, FSDP),
     (IMG_EMBED, TENSOR),
 )

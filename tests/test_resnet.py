@@ -19,7 +19,7 @@ from jml_jax.convert.resnet import (  # noqa: E402
     hf_resnet_state_to_flat,
     torchvision_state_to_flat,
 )
-from jml_jax.models.resnet import RESNET_BLOCKS, ResNet, TorchBatchNorm  # noqa: E402
+from jml_jax.models.resnet import RESNET_BLOCKS, ResNet, TorchBatchNorm, max_pool_3x3_s2  # noqa: E402
 from torch_resnet_reference import (  # noqa: E402
     BasicBlock,
     Bottleneck,
@@ -179,6 +179,29 @@ def test_train_mode_uses_batch_stats_and_updates_running_stats_like_torch():
         )
         # The update really happened (random start values differ from the result).
         assert not np.allclose(got[key], flat[key]), key
+
+
+@pytest.mark.parametrize("size", [(9, 9), (8, 8), (7, 10)])
+def test_max_pool_values_and_gradient_match_torch_with_ties(size):
+    # Integer-valued input: most windows hold several equal maxima, and torch
+    # gives the whole gradient to the first one (row-major) of each window.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(2, *size, 3)).astype(np.float32)
+    xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+    yt = torch.nn.functional.max_pool2d(xt, 3, stride=2, padding=1)
+    g = rng.normal(size=yt.shape).astype(np.float32)
+    (yt * torch.tensor(g)).sum().backward()
+    g_nhwc = jnp.asarray(g).transpose(0, 2, 3, 1)
+    y, vjp = jax.vjp(max_pool_3x3_s2, jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(y), yt.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(np.asarray(vjp(g_nhwc)[0]), xt.grad.permute(0, 2, 3, 1).numpy())
+
+
+def test_max_pool_propagates_nan():
+    x = np.ones((1, 6, 6, 1), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    y = np.asarray(max_pool_3x3_s2(jnp.asarray(x)))[0, :, :, 0]
+    assert np.isnan(y[0, 0]) and not np.isnan(y[1:, :]).any() and not np.isnan(y[:, 1:]).any()
 
 
 def test_train_mode_needs_mutable_batch_stats():

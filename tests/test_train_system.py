@@ -4,8 +4,7 @@ What a user of `jml_jax.train` relies on, with the 8 fake CPU devices of
 tests/conftest.py:
 
 * a train step gives the same loss and parameters on every mesh and on one
-  device (not yet on (2, 2, 2): see _MAXPOOL_GRAD_BUG), and leaves params and
-  optimizer state in their intended shardings;
+  device, and leaves params and optimizer state in their intended shardings;
 * an interrupted run resumed in its work directory ends exactly where an
   uninterrupted run ends;
 * a checkpoint written on 8 devices evaluates on 1 with identical metrics, and
@@ -225,24 +224,11 @@ def _run_steps(config, parity, mesh_shape, devices=None):
     return result
 
 
-# On (2, 2, 2) the gradient of the main ResNet's layers below its max-pool is
-# wrong (up to 100%) while the loss is right: XLA's SPMD partitioning of the
-# max-pool's backward pass (select-and-scatter) feeding a stride-2 3x3 conv,
-# with the batch over ('data', 'fsdp') and channels over 'tensor'. Pinning the
-# max-pool's input and output to ('batch', None, None, None) with
-# jml_jax.sharding.constrain makes a reduced conv -> pool -> conv chain exact,
-# but not the full model (tried in models/resnet.py: batch_stats still differ
-# after 3 steps). Until the cause is found this case fails, strictly.
-_MAXPOOL_GRAD_BUG = pytest.mark.xfail(
-    strict=True, reason="ResNet max-pool gradient is wrong under SPMD on a (2, 2, 2) mesh (see comment)"
-)
-
-
 @pytest.mark.parametrize(
     "mesh_shape",
     [
         (2, 4, 1),
-        pytest.param((2, 2, 2), marks=_MAXPOOL_GRAD_BUG),
+        (2, 2, 2),
         pytest.param((8, 1, 1), marks=pytest.mark.slow),
     ],
 )

@@ -51,6 +51,37 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """torch's ``MaxPool2d(3, stride=2, padding=1)`` on NHWC, built from slices.
+
+    Same values as ``nn.max_pool`` (-inf padding) and the same gradient as
+    torch and XLA's select-and-scatter: all of it goes to the first maximum of
+    each window in row-major order. It is written with nine strided slices and
+    a one-hot selection instead of ``reduce_window`` because XLA's SPMD
+    partitioner produced wrong select-and-scatter gradients (loss right,
+    gradients below the pool up to 100% off) with the batch split over two mesh
+    axes and channels over a third; slices, compares and selects partition
+    exactly. A NaN in a window comes out as NaN, as in torch.
+    """
+    b, h, w, c = x.shape
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # floor((h + 2 - 3) / 2) + 1
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    windows = [
+        jax.lax.slice(padded, (0, di, dj, 0), (b, di + 2 * ho - 1, dj + 2 * wo - 1, c), (1, 2, 2, 1))
+        for di in range(3) for dj in range(3)
+    ]
+    peak = jax.lax.stop_gradient(windows[0])
+    for win in windows[1:]:
+        peak = jnp.maximum(peak, jax.lax.stop_gradient(win))
+    out = jnp.zeros_like(windows[0])
+    taken = jnp.zeros(out.shape, bool)
+    for win in windows:  # the first position holding the peak gets it
+        pick = (jax.lax.stop_gradient(win) == peak) & ~taken
+        out = jnp.where(pick, win, out)
+        taken = taken | pick
+    return jnp.where(jnp.isnan(peak), peak, out)
+
+
 # Blocks per stage (layer1..layer4) of the standard depths.
 RESNET_BLOCKS: dict[int, tuple[int, int, int, int]] = {
     18: (2, 2, 2, 2),
@@ -282,8 +313,7 @@ class ResNet(nn.Module):
         x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)
         x = TorchBatchNorm(use_ra, dtype=self.dtype, name="bn1")(x)
         x = nn.relu(x)
-        # -inf padding (flax pools pad with the reduction's init value).
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool_3x3_s2(x)
 
         c_in = self.width
         for s, n_blocks in enumerate(self.stage_blocks, start=1):
