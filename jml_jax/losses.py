@@ -18,8 +18,8 @@ Faithful by default (`original-jml-code.md` §5):
 Normalisation and gradient accumulation. The original normalises each loss
 per *mini-batch* of 4 sentences (mean over its rows, masked mean over its
 spans), divides the total by the 8 accumulation steps and sums the gradients
-of 8 mini-batches (§5.3, §5.4). `jml_jax.optim.accumulate_gradients` calls
-these functions once per micro-batch and averages the results, so when its
+of 8 mini-batches (§5.3, §5.4). `jml_jax.steps.make_train_step` calls
+the loss once per micro-batch and averages the results, so when its
 micro-batches are the original's mini-batches it reproduces that arithmetic
 exactly. Calling `jml_loss` once on the whole effective batch of 32 instead
 gives the same MATE term but a different MASC term (one masked mean over all
@@ -192,7 +192,7 @@ def jml_loss(
     Returns:
       (total, {'loss': total, 'mate_loss': L_ae, 'masc_loss': L_ac}), float32
       scalars. The division by the accumulation steps of the original is done
-      by `jml_jax.optim.accumulate_gradients`, not here.
+      by `jml_jax.steps.make_train_step`, not here.
     """
     ae = mate_loss(start_logits, end_logits, start_positions, end_positions,
                    boundary_mask, valid_rows)

@@ -1,4 +1,4 @@
-"""Optimizers, learning-rate schedules and gradient accumulation.
+"""Optimizers and learning-rate schedules.
 
 Faithful default (`original-jml-code.md` §8, §10.9): `bert_adam`, the BERTAdam
 of the authors' `bert/optimization.py`:
@@ -19,15 +19,15 @@ first update has rate 0 (it only fills m and v). optax's schedule count is
 the number of updates already applied, i.e. the same k, so the schedules here
 are plain functions of the optax count.
 
-Fixes, by config: `fixed_adamw` (bias-corrected AdamW, no decay on biases and
+Fixes, by config: `adamw_fixed` (bias-corrected AdamW, no decay on biases and
 normalisation scales, global-norm clipping). The relation (TRC) stage uses
 `adam_l2`, i.e. `torch.optim.Adam` (bias-corrected, L2 weight decay 1e-7 added
 to the gradient) with per-group learning rates (§2.4).
 
 `make_optimizer` builds any of them from a config, freezes whole top-level
 sub-trees (no optimizer state, zero update) and applies per-group learning
-rates through `optax.multi_transform`. `accumulate_gradients` averages the
-gradients of several micro-batches with `jax.lax.scan`.
+rates through `optax.multi_transform`. Gradient accumulation is
+done by the train step (`jml_jax.steps.make_train_step`).
 """
 
 from __future__ import annotations
@@ -424,8 +424,8 @@ def make_optimizer(opt_config, params, t_total: Optional[int]) -> optax.Gradient
         lr_groups: {path key: lr} per-group peak rates (see
           `param_group_labels`), e.g. {'pair_preject': 1e-4} with
           learning_rate 1e-6 for TRC;
-        grad_accum_steps: read by the trainer (`accumulate_gradients`), not
-          here.
+        grad_accum_steps: read by the trainer (`jml_jax.steps.make_train_step`),
+          not here.
       params: the parameter tree (or its `jax.eval_shape`); used to check the
         group names.
       t_total: schedule length in optimizer updates (needed by warmup_linear).
@@ -461,101 +461,3 @@ def make_optimizer(opt_config, params, t_total: Optional[int]) -> optax.Gradient
     if FROZEN_LABEL in present:
         transforms[FROZEN_LABEL] = optax.set_to_zero()
     return optax.multi_transform(transforms, labels_fn)
-
-
-# ----------------------------------------------------------------------------
-# Gradient accumulation
-# ----------------------------------------------------------------------------
-GradFn = Callable[[Any, Any, Optional[jax.Array], Any], tuple[jax.Array, Any, Any, Any]]
-
-
-def _split_micro_batches(batch, accum_steps: int, interleaved: bool):
-    def split(x):
-        x = jnp.asarray(x)
-        if x.ndim == 0 or x.shape[0] % accum_steps:
-            raise ValueError(
-                f"every batch array needs a leading size divisible by accum_steps="
-                f"{accum_steps}; got shape {x.shape}"
-            )
-        micro = x.shape[0] // accum_steps
-        if interleaved:
-            return jnp.swapaxes(x.reshape((micro, accum_steps) + x.shape[1:]), 0, 1)
-        return x.reshape((accum_steps, micro) + x.shape[1:])
-
-    return jax.tree.map(split, batch)
-
-
-def accumulate_gradients(
-    grad_fn: GradFn,
-    params,
-    batch,
-    accum_steps: int,
-    *,
-    rng: Optional[jax.Array] = None,
-    carry: Any = None,
-    interleaved: bool = True,
-):
-    """Averages loss, metrics and gradients over `accum_steps` micro-batches.
-
-    Reproduces the original's accumulation (§5.3, §5.4): each mini-batch loss
-    is normalised on its own mini-batch, divided by the accumulation steps and
-    the gradients summed, i.e. the mean over micro-batches of per-micro-batch
-    gradients. The original's end-of-epoch carry-over (§10.15: the last
-    n mod 8 mini-batches of an epoch add their gradients to the first update
-    of the next epoch) is not reproduced: every update here sees exactly
-    `accum_steps` micro-batches, and the pipeline must drop or pad the
-    incomplete last group.
-
-    Args:
-      grad_fn: `grad_fn(params, micro_batch, rng, carry) -> (loss, aux, grads,
-        carry)`; `loss` a scalar, `aux` a pytree of float scalars (averaged),
-        `grads` like params, `carry` threaded from one micro-batch to the next
-        (e.g. BatchNorm statistics, updated once per mini-batch as in the
-        original; pass None if unused).
-      params: the parameters, shared by every micro-batch.
-      batch: pytree of arrays [accum_steps * micro, ...].
-      accum_steps: number of micro-batches (8 in the original).
-      rng: optional key; micro-batch i gets `jax.random.fold_in(rng, i)`.
-      carry: initial carry.
-      interleaved: micro-batch i holds batch rows i, i + accum_steps,
-        i + 2 * accum_steps, ... (True, default), or the contiguous rows
-        [i * micro, (i + 1) * micro) (False). Interleaving keeps each
-        micro-batch spread over all devices when the batch is sharded on its
-        leading axis, so no data moves between devices (the micro-batch size
-        must then be a multiple of the data-parallel device count); the
-        contiguous split moves rows between devices, and under Explicit mesh
-        axes JAX refuses that reshape. A pipeline that wants the original's
-        mini-batches 1..8 must lay them out accordingly.
-
-    Returns:
-      (loss, aux, grads, carry): loss/aux/grads averaged over micro-batches and
-      accumulated in float32 (or wider when the inputs are wider), the final
-      carry.
-    """
-    if int(accum_steps) != accum_steps or accum_steps < 1:
-        raise ValueError(f"accum_steps must be a positive integer, got {accum_steps!r}")
-    key_for = (lambda i: None) if rng is None else (lambda i: jax.random.fold_in(rng, i))
-
-    if accum_steps == 1:
-        loss, aux, grads, carry = grad_fn(params, batch, key_for(0), carry)
-        return loss, aux, grads, carry
-
-    micro_batches = _split_micro_batches(batch, accum_steps, interleaved)
-    first = jax.tree.map(lambda x: x[0], micro_batches)
-    out_shapes = jax.eval_shape(grad_fn, params, first, key_for(0), carry)
-    acc_zeros = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), out_shapes[:3]
-    )
-
-    def body(state, inputs):
-        acc, carry = state
-        index, micro_batch = inputs
-        loss, aux, grads, carry = grad_fn(params, micro_batch, key_for(index), carry)
-        acc = jax.tree.map(lambda a, x: a + x.astype(a.dtype), acc, (loss, aux, grads))
-        return (acc, carry), None
-
-    (acc, carry), _ = jax.lax.scan(
-        body, (acc_zeros, carry), (jnp.arange(accum_steps), micro_batches)
-    )
-    loss, aux, grads = jax.tree.map(lambda a: a / accum_steps, acc)
-    return loss, aux, grads, carry

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jml_jax import losses, optim
+from jml_jax import optim
 
 
 # ---------------------------------------------------------------- schedule
@@ -282,137 +282,6 @@ def test_make_optimizer_bert_adam_equals_direct_bert_adam():
         p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_array_equal(a, b)
-
-
-# ---------------------------------------------------------------- gradient accumulation
-def _micro_loss(params, batch):
-    """A per-micro-batch normalised loss: masked mean of squared errors (like §5.2)."""
-    pred = batch["x"] @ params["w"] + params["b"]
-    err = jnp.sum((pred - batch["y"]) ** 2, axis=-1)
-    return jnp.sum(err * batch["m"]) / jnp.sum(batch["m"])
-
-
-def _accum_batch(seed=4, n=16):
-    rng = np.random.default_rng(seed)
-    mask = np.ones(n, np.float32)
-    mask[[i for i in (1, 2, 6, 7, 11) if i < n]] = 0  # micro-batches: different valid counts
-    return {"x": rng.normal(size=(n, 3)).astype(np.float32),
-            "y": rng.normal(size=(n, 2)).astype(np.float32), "m": mask}
-
-
-def _grad_fn(params, micro_batch, rng, carry):
-    loss, grads = jax.value_and_grad(_micro_loss)(params, micro_batch)
-    aux = {"loss": loss, "noise": jax.random.uniform(rng)}
-    return loss, aux, grads, carry + 1
-
-
-@pytest.mark.parametrize("interleaved", [True, False])
-def test_accumulate_gradients_equals_mean_of_micro_batch_losses(interleaved):
-    params = {"w": jnp.ones((3, 2)) * 0.3, "b": jnp.array([0.1, -0.2])}
-    batch = _accum_batch()
-    key = jax.random.key(0)
-    loss, aux, grads, count = jax.jit(
-        lambda p, b: optim.accumulate_gradients(_grad_fn, p, b, 4, rng=key, carry=0,
-                                                interleaved=interleaved))(params, batch)
-
-    def micro(i):
-        rows = np.arange(i, 16, 4) if interleaved else np.arange(4 * i, 4 * i + 4)
-        return {k: v[rows] for k, v in batch.items()}
-
-    # By hand: the original's sum over mini-batches of loss_i / accum, differentiated.
-    full = lambda p: sum(_micro_loss(p, micro(i)) for i in range(4)) / 4
-    want_loss, want_grads = jax.jit(jax.value_and_grad(full))(params)
-    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
-    np.testing.assert_allclose(aux["loss"], want_loss, rtol=1e-6)
-    for k in params:
-        np.testing.assert_allclose(grads[k], want_grads[k], rtol=1e-6, atol=1e-7)
-    want_noise = np.mean([jax.random.uniform(jax.random.fold_in(key, i)) for i in range(4)])
-    np.testing.assert_allclose(aux["noise"], want_noise, rtol=1e-6)
-    assert int(count) == 4
-    # It is not the loss of one batch of 16: per-micro-batch normalisation matters.
-    assert abs(float(_micro_loss(params, batch)) - float(want_loss)) > 1e-3
-
-
-def test_accumulate_gradients_single_step_and_bad_batch():
-    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
-    batch = _accum_batch(n=4)
-    loss, _, grads, _ = optim.accumulate_gradients(_grad_fn, params, batch, 1, rng=jax.random.key(1), carry=0)
-    want_loss, want_grads = jax.value_and_grad(_micro_loss)(params, batch)
-    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
-    np.testing.assert_allclose(grads["w"], want_grads["w"], rtol=1e-6)
-    with pytest.raises(ValueError, match="divisible by accum_steps=3"):
-        optim.accumulate_gradients(_grad_fn, params, batch, 3, rng=jax.random.key(1), carry=0)
-
-
-def test_accumulate_gradients_with_jml_loss_reproduces_per_mini_batch_normalisation():
-    """8 mini-batches of 4 sentences, as the original (§5.3): mean of per-mini-batch losses."""
-    rng = np.random.default_rng(5)
-    n, length, spans = 32, 12, 3
-    batch = {
-        "start_positions": (rng.random((n, length)) < 0.15).astype(np.int32),
-        "end_positions": (rng.random((n, length)) < 0.15).astype(np.int32),
-        "labels": rng.integers(1, 4, (n, spans)),
-        "span_mask": (rng.random((n, spans)) < 0.5).astype(np.int32),
-        "features": rng.normal(size=(n, length)).astype(np.float32),
-    }
-    batch["start_positions"][:, 1] = 1
-    batch["end_positions"][:, 2] = 1
-
-    def loss_fn(params, b):
-        start = b["features"] * params["a"]
-        end = b["features"] * params["a"] ** 2
-        pol = b["features"][:, :spans, None] * params["c"]
-        return losses.jml_loss(start, end, b["start_positions"], b["end_positions"],
-                               pol, b["labels"], b["span_mask"])
-
-    def grad_fn(params, micro_batch, rng, carry):
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, micro_batch)
-        return loss, aux, grads, carry
-
-    params = {"a": jnp.float32(0.7), "c": jnp.linspace(-1, 1, 4)}
-    loss, aux, grads, _ = jax.jit(
-        lambda p, b: optim.accumulate_gradients(grad_fn, p, b, 8, interleaved=False))(params, batch)
-    minis = [{k: v[4 * i:4 * i + 4] for k, v in batch.items()} for i in range(8)]
-    original = lambda p: sum(loss_fn(p, mb)[0] / 8 for mb in minis)  # loss / 8, summed
-    want_loss, want_grads = jax.jit(jax.value_and_grad(original))(params)
-    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
-    np.testing.assert_allclose(aux["masc_loss"] + aux["mate_loss"], want_loss, rtol=1e-6)
-    np.testing.assert_allclose(grads["a"], want_grads["a"], rtol=1e-5)
-    np.testing.assert_allclose(grads["c"], want_grads["c"], rtol=1e-5, atol=1e-7)
-
-
-def test_accumulate_gradients_sharded_batch_matches_unsharded():
-    devices = np.array(jax.devices())
-    if devices.size < 2:
-        pytest.skip("needs several devices")
-    mesh = jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
-    batch = _accum_batch(n=4 * devices.size)
-    params = {"w": jnp.ones((3, 2)) * 0.3, "b": jnp.array([0.1, -0.2])}
-    seen_specs = []
-
-    def elementwise_loss(p, b):
-        # No matmul over the sharded batch axis: broadcasts and reductions only.
-        pred = jnp.sum(b["x"][:, :, None] * p["w"][None], axis=1) + p["b"]
-        err = jnp.sum((pred - b["y"]) ** 2, axis=-1)
-        return jnp.sum(err * b["m"]) / jnp.sum(b["m"])
-
-    def grad_fn(p, micro_batch, rng, carry):
-        seen_specs.append(jax.typeof(micro_batch["x"]).sharding.spec)
-        loss, grads = jax.value_and_grad(elementwise_loss)(p, micro_batch)
-        return loss, {}, grads, carry
-
-    def loss_and_grads(p, b):
-        loss, _, grads, _ = optim.accumulate_gradients(grad_fn, p, b, 4)
-        return loss, grads
-
-    run = jax.jit(loss_and_grads)
-    want = run(params, batch)
-    sharded = jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-    got = run(params, sharded)
-    # Interleaved micro-batches stay split over every device along the batch axis.
-    assert seen_specs[-1][0] == "data"
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_relation_epoch_schedule_steps_down_per_ten_epochs():

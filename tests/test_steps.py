@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import toy_model
+from jml_jax import losses
 from jml_jax.mesh import make_mesh
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local
 from jml_jax.steps import make_eval_step, make_train_step
@@ -133,6 +134,63 @@ def test_grad_accumulation_matches_full_batch():
         np.testing.assert_allclose(m4[key], m1[key], rtol=1e-6, atol=1e-6)
     assert int(m4["examples"]) == int(m1["examples"]) == BATCH  # integer aux metrics add up
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), p4, p1)
+
+
+def test_grad_accumulation_normalises_each_mini_batch_like_the_original():
+    """8 mini-batches of 4 sentences (§5.3, §5.4): the mean of per-mini-batch JML losses.
+
+    Each mini-batch loss is normalised on its own mini-batch, so the update is
+    not that of one batch of 32. Micro-batch i of the step holds rows i, i + 8,
+    ...: the original's contiguous mini-batch i is laid out that way here.
+    Micro-batch i draws its randomness from fold_in(fold_in(state.rng, step), i).
+    """
+    rng = np.random.default_rng(5)
+    accum, micro, length, spans = 8, 4, 12, 3
+    n = accum * micro
+    batch = {
+        "start_positions": (rng.random((n, length)) < 0.15).astype(np.int32),
+        "end_positions": (rng.random((n, length)) < 0.15).astype(np.int32),
+        "labels": rng.integers(1, 4, (n, spans)).astype(np.int32),
+        "span_mask": (rng.random((n, spans)) < 0.5).astype(np.int32),
+        "features": rng.normal(size=(n, length)).astype(np.float32),
+    }
+    batch["start_positions"][:, 1] = 1
+    batch["end_positions"][:, 2] = 1
+
+    def jml(params, b):
+        start = b["features"] * params["a"]
+        end = b["features"] * params["a"] ** 2
+        pol = b["features"][:, :spans, None] * params["c"]
+        return losses.jml_loss(start, end, b["start_positions"], b["end_positions"],
+                               pol, b["labels"], b["span_mask"])
+
+    def loss_fn(params, batch_stats, b, key, train):
+        loss, aux = jml(params, b)
+        aux = {k: v for k, v in aux.items() if k != "loss"}  # the step reports the loss itself
+        return loss, ({**aux, "noise": jax.random.uniform(key)}, batch_stats)
+
+    params = {"a": jnp.float32(0.7), "c": jnp.linspace(-1, 1, 4).astype(jnp.float32)}
+    tx = optax.sgd(1.0)  # new params = params - gradient
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    state, shardings = create_sharded_state(lambda key: {"params": params}, tx, mesh, None,
+                                            jax.random.PRNGKey(SEED))
+    step = make_train_step(loss_fn, tx, shardings, batch_sharding(mesh), grad_accum_steps=accum)
+    minis = [{k: v[micro * i:micro * (i + 1)] for k, v in batch.items()} for i in range(accum)]
+    laid_out = {k: np.stack([mb[k] for mb in minis], axis=1).reshape((n,) + v.shape[1:])
+                for k, v in batch.items()}
+    step_rng = jax.random.fold_in(state.rng, 0)
+    new_state, metrics = step(state, global_batch_from_process_local(laid_out, mesh))
+
+    original = lambda p: sum(jml(p, mb)[0] / accum for mb in minis)  # loss / 8, summed
+    want_loss, want_grads = jax.jit(jax.value_and_grad(original))(params)
+    np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-6)
+    np.testing.assert_allclose(metrics["masc_loss"] + metrics["mate_loss"], want_loss, rtol=1e-6)
+    for k in params:
+        np.testing.assert_allclose(params[k] - new_state.params[k], want_grads[k], rtol=1e-5, atol=1e-7)
+    want_noise = np.mean([jax.random.uniform(jax.random.fold_in(step_rng, i)) for i in range(accum)])
+    np.testing.assert_allclose(metrics["noise"], want_noise, rtol=1e-6)
+    # Not the loss of one batch of 32: per-mini-batch normalisation matters.
+    assert abs(float(jml(params, batch)[0]) - float(want_loss)) > 1e-3
 
 
 def test_grad_accumulation_rejects_indivisible_batch():
