@@ -95,9 +95,15 @@ class Bottleneck(nn.Module):
 
 
 class ResNetGrid(nn.Module):
-    """torchvision ResNet trunk; forward: [B, 3, H, W] -> layer4 grid [B, h*w, C]."""
+    """torchvision ResNet trunk; forward: [B, 3, H, W] -> layer4 grid [B, h*w, C].
 
-    def __init__(self, blocks: tuple[int, ...], bottleneck: bool, width: int = 64):
+    The same attribute names (state_dict keys) as torchvision's ResNet, so
+    `jml_jax.convert.resnet` reads it; with ``num_classes`` it has torchvision's
+    ``fc`` head too (`logits`).
+    """
+
+    def __init__(self, blocks: tuple[int, ...], bottleneck: bool, width: int = 64,
+                 num_classes: int | None = None):
         super().__init__()
         block = Bottleneck if bottleneck else BasicBlock
         self.inplanes = width
@@ -107,6 +113,8 @@ class ResNetGrid(nn.Module):
         for s, n in enumerate(blocks, start=1):
             setattr(self, f"layer{s}", self._make_layer(block, width * 2 ** (s - 1), n, 1 if s == 1 else 2))
         self.out_channels = width * 8 * block.expansion
+        if num_classes is not None:
+            self.fc = nn.Linear(self.out_channels, num_classes)
 
     def _make_layer(self, block, planes, n, stride):
         downsample = None
@@ -120,11 +128,19 @@ class ResNetGrid(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, n)]
         return nn.Sequential(*layers)
 
-    def forward(self, x):
+    def feature_map(self, x):
+        """[B, 3, H, W] -> the layer4 map [B, C, h, w]."""
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
         for s in range(1, 5):
             x = getattr(self, f"layer{s}")(x)
-        return x.flatten(2).transpose(1, 2)  # [B, 49, C] for 224x224 (§1.4)
+        return x
+
+    def forward(self, x):
+        return self.feature_map(x).flatten(2).transpose(1, 2)  # [B, 49, C] for 224x224 (§1.4)
+
+    def logits(self, x):
+        """torchvision's classifier output: fc of the spatial mean of the layer4 map."""
+        return self.fc(self.feature_map(x).mean(dim=(2, 3)))
 
 
 # ----------------------------------------------------------------------------- JML
