@@ -19,10 +19,9 @@ import dataclasses
 import json
 import logging
 import pathlib
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jml_jax import decode as decode_lib

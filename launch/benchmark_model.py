@@ -134,7 +134,6 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
     (extraction + classification on the batch's spans, one jit)."""
     import jax
 
-    from jml_jax import model_factory
     from jml_jax.models.jml import JMLModel
     from jml_jax.sharding import batch_sharding, global_batch_from_process_local
     from jml_jax.steps import make_eval_step, make_train_step

@@ -21,7 +21,6 @@ from jml_jax.convert import original
 from jml_jax.convert.common import CheckpointMismatchError, flatten_tree
 from jml_jax.models.bert import BertConfig
 from jml_jax.models.jml import JMLConfig, JMLModel
-from jml_jax.models.relation import relation_probabilities
 
 ATOL = RTOL = 1e-4  # fixtures README §1.6 step 2
 

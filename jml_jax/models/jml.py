@@ -23,7 +23,6 @@ the original's modes ``train``, ``extraction`` and ``classification``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
