@@ -54,6 +54,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from launch.subcommands import run_subcommands
+
 
 def _batch(vocab_size: int, batch: int, length: int, seed: int = 0):
     """Random ids [B, L] with per-row padding (lengths from L/2 to L)."""
@@ -447,14 +449,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (add_arguments, run) in SUBCOMMANDS.items():
-        p = sub.add_parser(name)
-        add_arguments(p)
-        p.set_defaults(run=run)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return run_subcommands(__doc__.split("\n\n")[0], SUBCOMMANDS, argv)
 
 
 if __name__ == "__main__":

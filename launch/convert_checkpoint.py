@@ -41,6 +41,8 @@ import pathlib
 import sys
 from typing import Any, Callable
 
+from launch.subcommands import run_subcommands
+
 
 def save_params(out_dir: str | os.PathLike, params: Any, overwrite: bool = False) -> pathlib.Path:
     """Writes ``params`` to ``OUT_DIR/params`` with Orbax; returns that path."""
@@ -255,14 +257,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (add_arguments, run) in SUBCOMMANDS.items():
-        p = sub.add_parser(name)
-        add_arguments(p)
-        p.set_defaults(run=run)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return run_subcommands(__doc__.split("\n\n")[0], SUBCOMMANDS, argv)
 
 
 if __name__ == "__main__":

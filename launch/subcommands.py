@@ -1,0 +1,25 @@
+"""`python -m launch.X <command> [options]` for the multi-command tools.
+
+Kept free of JAX so that a tool can parse its arguments (and, for the
+benchmark, spawn worker processes) before anything initialises a backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Mapping
+
+# name -> (add_arguments(parser), run(args) -> exit status)
+Subcommands = Mapping[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]]
+
+
+def run_subcommands(description: str, subcommands: Subcommands, argv: list[str] | None = None) -> int:
+    """Parses ``argv`` (default sys.argv[1:]) into one subcommand and runs it."""
+    parser = argparse.ArgumentParser(description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_arguments, run) in subcommands.items():
+        p = sub.add_parser(name)
+        add_arguments(p)
+        p.set_defaults(run=run)
+    args = parser.parse_args(argv)
+    return args.run(args)
