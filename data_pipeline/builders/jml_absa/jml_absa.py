@@ -19,7 +19,7 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_pipeline.builders import common
+from data_pipeline.builders.local_builder import LocalFilesBuilder
 
 _DATASETS = ("sample", "twitter2015", "twitter2017")
 _VARIANTS = {
@@ -30,7 +30,7 @@ _VARIANTS = {
 }
 
 
-class JmlAbsa(tfds.core.GeneratorBasedBuilder):
+class JmlAbsa(LocalFilesBuilder):
     """Joint aspect-term extraction + sentiment data, prepared for JML."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -43,28 +43,4 @@ class JmlAbsa(tfds.core.GeneratorBasedBuilder):
         for d in _DATASETS
         for v, text in _VARIANTS.items()
     ]
-
-    def __init__(self, *, data_config, **kwargs):
-        # The local paths and settings travel with the builder, not the config
-        # name: the name says what is stored, the metadata how it was made.
-        self._data_config = data_config
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=common.features_dict(self._data_config),
-            metadata=tfds.core.MetadataDict(build_params=common.build_params(self._data_config)),
-            homepage="https://github.com/MANLP-suda/JML",
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # local files only
-        splits = common.configured_splits(self._data_config)
-        if not splits:
-            raise ValueError("no annotation file is set (data.train_file/dev_file/test_file)")
-        return {split: self._generate_examples(split) for split in splits}
-
-    def _generate_examples(self, split):
-        yield from common.generate_split(self, self._data_config, split)
+    NO_FILES_MESSAGE = "no annotation file is set (data.train_file/dev_file/test_file)"

@@ -13,10 +13,10 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_pipeline.builders import common
+from data_pipeline.builders.local_builder import LocalFilesBuilder
 
 
-class JmlTrc(tfds.core.GeneratorBasedBuilder):
+class JmlTrc(LocalFilesBuilder):
     """Text-image relation pairs for pre-training JML's relation gate."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -28,26 +28,4 @@ class JmlTrc(tfds.core.GeneratorBasedBuilder):
         tfds.core.BuilderConfig(name="trc_resize", description="TRC with 224x224 straight-resized images"),
         tfds.core.BuilderConfig(name="trc_text", description="TRC text features only"),
     ]
-
-    def __init__(self, *, data_config, **kwargs):
-        self._data_config = data_config
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=common.features_dict(self._data_config),
-            metadata=tfds.core.MetadataDict(build_params=common.build_params(self._data_config)),
-            homepage="https://github.com/MANLP-suda/JML",
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # local files only
-        splits = common.configured_splits(self._data_config)
-        if not splits:
-            raise ValueError("data.train_file (the TRC JSON) is not set")
-        return {split: self._generate_examples(split) for split in splits}
-
-    def _generate_examples(self, split):
-        yield from common.generate_split(self, self._data_config, split)
+    NO_FILES_MESSAGE = "data.train_file (the TRC JSON) is not set"
