@@ -315,14 +315,7 @@ def run_evals(evaluator: Evaluator, state, eval_splits: Mapping[str, EvalSplit],
     return scores
 
 
-def evaluate_checkpoint(config, workdir, eval_splits: Mapping[str, EvalSplit], *, which: str = "best",
-                        predictions_dir: str | pathlib.Path | None = None, devices=None) -> dict[str, float]:
-    """Restores ``which`` ('best', 'latest' or a step) and scores every split.
-
-    Restores into this run's mesh and shardings (``config.mesh_shape`` over
-    ``devices``, default all), whatever mesh wrote it.
-    Writes ``<predictions_dir>/<split>_predictions.jsonl`` when asked.
-    """
+def _restore_for_eval(config, workdir, which, devices):
     s = setup(config, num_train_steps=1, devices=devices, init_state=False)
     # create=False: a mistyped workdir is an error, not a new empty folder.
     ckpt = Checkpointer(pathlib.Path(workdir), keep=config.keep_checkpoints,
@@ -331,6 +324,18 @@ def evaluate_checkpoint(config, workdir, eval_splits: Mapping[str, EvalSplit], *
         state, _ = ckpt.restore(which, s.abstract_state)
     finally:
         ckpt.close()
+    return s, state
+
+
+def evaluate_checkpoint(config, workdir, eval_splits: Mapping[str, EvalSplit], *, which: str = "best",
+                        predictions_dir: str | pathlib.Path | None = None, devices=None) -> dict[str, float]:
+    """Restores ``which`` ('best', 'latest' or a step) and scores every split.
+
+    Restores into this run's mesh and shardings (``config.mesh_shape`` over
+    ``devices``, default all), whatever mesh wrote it.
+    Writes ``<predictions_dir>/<split>_predictions.jsonl`` when asked.
+    """
+    s, state = _restore_for_eval(config, workdir, which, devices)
     evaluator = Evaluator(s.model, s.mesh, s.shardings, decode_config_from(config))
     scores: dict[str, float] = {"step": float(int(state.step))}
     for name, split in eval_splits.items():
@@ -339,3 +344,33 @@ def evaluate_checkpoint(config, workdir, eval_splits: Mapping[str, EvalSplit], *
         if predictions_dir is not None and jax.process_index() == 0:
             write_predictions(pathlib.Path(predictions_dir) / f"{name}_predictions.jsonl", split, pred)
     return scores
+
+
+def sweep_thresholds(config, workdir, eval_splits: Mapping[str, EvalSplit], thresholds, *,
+                     which: str = "best", devices=None) -> list[dict[str, float]]:
+    """Scores one checkpoint at several decoding thresholds (start + end logit, §6).
+
+    The checkpoint is restored and the eval functions compiled once. Choose a
+    threshold on dev; a test score read off this sweep at the dev-chosen
+    threshold is a fair test score, the best test row is not.
+
+    Returns:
+      one dict per threshold, in the given order: ``threshold``, ``step`` and
+      ``<split>/<metric>`` for every split.
+    """
+    if not thresholds:
+        raise ValueError("sweep_thresholds needs at least one threshold")
+    s, state = _restore_for_eval(config, workdir, which, devices)
+    base = decode_config_from(config)
+    evaluator = Evaluator(s.model, s.mesh, s.shardings, base)
+    rows = []
+    for threshold in thresholds:
+        evaluator.decode_config = dataclasses.replace(base, logit_threshold=float(threshold))
+        row = {"threshold": float(threshold), "step": float(int(state.step))}
+        for name, split in eval_splits.items():
+            split_scores, _ = evaluator.evaluate(state, split)
+            row.update({f"{name}/{k}": float(v) for k, v in split_scores.items()})
+        log.info("threshold %g: %s", threshold, ", ".join(
+            f"{n}/joint_orig/f1 {row[f'{n}/joint_orig/f1']:.4f}" for n in eval_splits))
+        rows.append(row)
+    return rows

@@ -91,6 +91,7 @@ class Run:
     records: the metrics.jsonl objects, one per logged step, with repeated
       steps (a resumed run re-logs them) resolved to the last write.
     commands: the lines of command.txt (several when the run was resumed).
+    sweep: threshold_sweep.json (`launch.evaluate --thresholds`), or None.
     """
 
     path: pathlib.Path
@@ -98,6 +99,7 @@ class Run:
     summary: dict
     records: list
     commands: list
+    sweep: dict | None = None
 
     @property
     def seed(self) -> int:
@@ -147,7 +149,11 @@ def load_run(path: str | os.PathLike) -> Run:
     command_file = path / "command.txt"
     commands = ([c for c in command_file.read_text(encoding="utf-8").splitlines() if c.strip()]
                 if command_file.is_file() else [])
-    return Run(path, config, summary, read_metrics(path / "metrics.jsonl"), commands)
+    sweep = _read_json(path / "threshold_sweep.json") if (path / "threshold_sweep.json").is_file() else None
+    if sweep is not None and not (isinstance(sweep.get("rows"), list) and sweep["rows"]
+                                  and all("threshold" in r for r in sweep["rows"])):
+        raise ReportError(f"{path / 'threshold_sweep.json'}: needs a non-empty 'rows' list with thresholds")
+    return Run(path, config, summary, read_metrics(path / "metrics.jsonl"), commands, sweep)
 
 
 # ---------------------------------------------------------------------------
@@ -200,7 +206,17 @@ def describe_setup(config: Mapping) -> dict[str, str]:
                         f"{config['num_epochs']} epochs")
     out["attention"] = "masked (fix)" if model.get("mask_attention") else "unmasked (original)"
     out["max_seq_length"] = str(data["max_seq_length"])
+    threshold = (config.get("decode") or {}).get("logit_threshold")
+    out["threshold"] = "not recorded" if threshold is None else f"{threshold:g}"
     return out
+
+
+def short_setup(config: Mapping) -> str:
+    """One line that tells setups apart: backbone, modality, optimizer and lr, masking, threshold."""
+    d, opt = describe_setup(config), config["optimizer"]
+    masked = "masked" if config["model"].get("mask_attention") else "unmasked"
+    return (f"{d['backbone'].split(' (')[0]}, {d['modality'].split(' (')[0]}, {opt['name']} lr "
+            f"{opt['learning_rate']:g}, {masked}, threshold {d['threshold']}")
 
 
 def setup_slug(config: Mapping) -> str:
@@ -357,8 +373,7 @@ def summary_table(groups: Sequence[Group]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         d = describe_setup(g.config)
-        setup = f"{d['backbone']}, {d['modality'].split(' (')[0]}, {d['optimizer'].split(',')[0]}"
-        cells = [d["dataset"], setup, f"**{g.split}**", ", ".join(map(str, g.seeds))]
+        cells = [d["dataset"], short_setup(g.config), f"**{g.split}**", ", ".join(map(str, g.seeds))]
         for key, _ in SUMMARY_COLUMNS:
             values = group_values(g, key)
             cells.append("n/a" if values is None else format_stats(seed_stats(values)))
@@ -461,7 +476,7 @@ def group_section(group: Group, *, machine: str, image_path: str) -> str:
         f"- Backbone: {d['backbone']}; {d['modality']}"
         + (f"; {d['images']}" if "images" in d else ""),
         f"- Optimizer: {d['optimizer']}; attention/softmax masking: {d['attention']}; "
-        f"max_seq_length {d['max_seq_length']}",
+        f"max_seq_length {d['max_seq_length']}; decoding threshold (start + end logit) {d['threshold']}",
         f"- Seeds: {', '.join(map(str, group.seeds))} ({len(group.runs)} run{'s' if len(group.runs) > 1 else ''}); "
         f"best dev steps: {', '.join(str(r.summary['best_step']) for r in group.runs)} "
         f"of {'/'.join(map(str, steps))}",
@@ -477,7 +492,40 @@ def group_section(group: Group, *, machine: str, image_path: str) -> str:
         out += run.commands or [f"# {run.path.name}: command not recorded (no command.txt)"]
     out += ["```", "", metrics_table(group), "",
             f"![{group.name}: joint F1 and train loss against step]({image_path})", ""]
+    for run in group.runs:
+        if run.sweep is not None:
+            out += [sweep_table(run), ""]
     return "\n".join(out)
+
+
+SWEEP_COLUMNS = (("joint_orig/f1", "Joint F1"), ("mate/p", "MATE P"), ("mate/r", "MATE R"), ("mate/f1", "MATE F1"))
+
+
+def sweep_table(run: Run) -> str:
+    """The decoding-threshold sweep of one run's checkpoint; the row dev picks is in bold."""
+    rows, config_threshold = run.sweep["rows"], (run.config.get("decode") or {}).get("logit_threshold")
+    splits = [s for s in ("dev", "test") if f"{s}/joint_orig/f1" in rows[0]]
+    if "dev" not in splits:
+        raise ReportError(f"{run.path / 'threshold_sweep.json'}: has no dev scores to choose a threshold with")
+    chosen = max(rows, key=lambda r: r["dev/joint_orig/f1"])
+    steps = sorted({int(r["step"]) for r in rows})
+    head = ["threshold"] + [f"{s} {label}" for s in splits for _, label in SWEEP_COLUMNS]
+    lines = [
+        f"Decoding-threshold sweep of `{run.path.name}` (checkpoint step {'/'.join(map(str, steps))}, "
+        f"chosen in training at threshold "
+        f"{'(not recorded)' if config_threshold is None else format(config_threshold, 'g')}; "
+        f"`launch.evaluate --thresholds`). "
+        f"Dev picks **{chosen['threshold']:g}**; the test column is read at that row only.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---:|" + "---:|" * (len(head) - 1),
+    ]
+    for r in rows:
+        cells = [f"{r['threshold']:g}"] + [_pct(float(r[f"{s}/{k}"])) for s in splits for k, _ in SWEEP_COLUMNS]
+        if r is chosen:
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def render_section(groups: Sequence[Group], *, machine: str, image_dir: str, notes: str | None = None,

