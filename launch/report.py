@@ -267,6 +267,9 @@ def _reporting_split(runs: Sequence[Run]) -> str:
 def group_runs(runs: Sequence[Run], group_by: str | None = None) -> list[Group]:
     """Groups runs by setup (configs equal but for seeds), or by a regex over folder names.
 
+    Groups come in the order of their first run in ``runs``, so the command
+    line decides the order of the report's tables.
+
     Args:
       group_by: None to group by config, or a regex searched in each run's
         folder name whose first capture group (the whole match if none) names
@@ -302,7 +305,7 @@ def group_runs(runs: Sequence[Run], group_by: str | None = None) -> list[Group]:
             if a.seed == b.seed:
                 raise ReportError(f"{a.path} and {b.path} are the same setup with the same seed {a.seed}")
         groups.append(Group(names[key], members, _reporting_split(members)))
-    return sorted(groups, key=lambda g: g.name)
+    return groups  # in the order their first run was given
 
 
 def _disambiguate(names: dict, buckets: Mapping) -> None:

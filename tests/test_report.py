@@ -100,6 +100,14 @@ def test_a_threshold_sweep_is_shown_with_the_row_dev_picks(two_seeds, tmp_path):
         report.write_report(two_seeds, out, machine="cpu")
 
 
+def test_groups_keep_the_order_of_their_first_run(tmp_path):
+    fast = [_write_run(tmp_path / f"fast_s{i}", i, final=0.5, config=_config(i, lr=1e-4)) for i in (1, 2)]
+    base = _write_run(tmp_path / "base_s1", 1, final=0.4)
+    runs = [report.load_run(p) for p in (fast[0], base, fast[1])]
+    groups = report.group_runs(runs)
+    assert [[r.path.name for r in g.runs] for g in groups] == [["fast_s1", "fast_s2"], ["base_s1"]]
+
+
 def test_curves_are_valid_png_files_referenced_from_the_markdown(two_seeds, tmp_path):
     out = tmp_path / "results"
     (group,) = report.write_report(two_seeds, out, machine="cpu")
