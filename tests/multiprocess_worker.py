@@ -15,17 +15,11 @@ import sys
 
 import jax
 
-# A launch script may configure JAX: CPU collectives across processes need gloo.
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
+import localhost_processes
 
 
 def main(process_id: int, num_processes: int, port: int, outdir: str) -> None:
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}",
-        num_processes=num_processes,
-        process_id=process_id,
-        initialization_timeout=60,
-    )
+    localhost_processes.initialize(process_id, num_processes, port)
     import numpy as np
     from jax.experimental import multihost_utils
 
@@ -36,7 +30,6 @@ def main(process_id: int, num_processes: int, port: int, outdir: str) -> None:
     from jml_jax.steps import make_train_step
     from jml_jax.train_state import create_sharded_state
 
-    assert jax.process_count() == num_processes, jax.process_count()
     mesh = make_mesh((2, 2, 1))
     model = toy_model.ToyMLP()
     tx = toy_model.make_tx()

@@ -6,17 +6,12 @@ here and compares the losses and parameters; also restores the checkpoint the
 two processes wrote onto this process's single device.
 """
 
-import os
-import pathlib
-import socket
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
-import pytest
 
+import localhost_processes
 import toy_model
 from jml_jax.checkpointing import Checkpointer
 from jml_jax.mesh import make_mesh
@@ -25,45 +20,13 @@ from jml_jax.steps import make_train_step
 from jml_jax.train_state import abstract_sharded_state, create_sharded_state
 
 TIMEOUT_S = 120  # the workers together; the test fails, naming the timeout, past it
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-WORKER = REPO_ROOT / "tests" / "multiprocess_worker.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+WORKER = localhost_processes.REPO_ROOT / "tests" / "multiprocess_worker.py"
 
 
 def _launch(outdir, num_processes=2):
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        PYTHONPATH=os.pathsep.join(
-            p for p in (str(REPO_ROOT), str(REPO_ROOT / "tests"), env.get("PYTHONPATH")) if p
-        ),
-    )
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(i), str(num_processes), str(port), str(outdir)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for i in range(num_processes)
-    ]
-    outputs = []
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            outputs.append(out)
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"multi-process workers did not finish within {TIMEOUT_S} s")
-    for i, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"worker {i} failed (exit {p.returncode}):\n{out[-4000:]}"
+    procs = localhost_processes.start_workers(WORKER, lambda i, n, port: [i, n, port, outdir], num_processes)
+    localhost_processes.wait_for_workers(procs, time.monotonic() + TIMEOUT_S, timeout_s=TIMEOUT_S,
+                                         what="multi-process workers", tail=4000)
 
 
 def test_two_processes_match_one(tmp_path):

@@ -12,17 +12,13 @@ optimizer state and scores must match too.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import socket
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
+import localhost_processes
 import train_worker
 from jml_jax import train
 from jml_jax.checkpointing import Checkpointer
@@ -30,48 +26,16 @@ from jml_jax.summary import read_jsonl
 from launch import common
 
 TIMEOUT_S = 420  # both workers together; the test fails, naming the timeout, past it
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-WORKER = REPO_ROOT / "tests" / "train_worker.py"
+WORKER = localhost_processes.REPO_ROOT / "tests" / "train_worker.py"
 SELECT = "dev/joint_orig/f1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_workers(mode, workdir, num_processes=2):
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        PYTHONPATH=os.pathsep.join(
-            p for p in (str(REPO_ROOT), str(REPO_ROOT / "tests"), env.get("PYTHONPATH")) if p
-        ),
-    )
-    port = _free_port()
-    return [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), mode, str(i), str(num_processes), str(port), str(workdir)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for i in range(num_processes)
-    ]
+def _start_workers(mode, workdir):
+    return localhost_processes.start_workers(WORKER, lambda i, n, port: [mode, i, n, port, workdir])
 
 
 def _wait(procs, deadline):
-    outputs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            outputs.append(out)
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        pytest.fail(f"the training workers did not finish within {TIMEOUT_S} s")
-    for i, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"worker {i} failed (exit {p.returncode}):\n{out[-6000:]}"
+    localhost_processes.wait_for_workers(procs, deadline, timeout_s=TIMEOUT_S, what="the training workers")
 
 
 def _flat(tree):

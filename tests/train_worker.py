@@ -71,18 +71,12 @@ def run_steps(config, num_steps: int, devices=None):
 def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str) -> None:
     import jax
 
-    # CPU collectives across processes need gloo (a launch script may set this).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}",
-        num_processes=num_processes,
-        process_id=process_id,
-        initialization_timeout=60,
-    )
+    import localhost_processes
+
+    localhost_processes.initialize(process_id, num_processes, port)
     from jml_jax.train import train_and_evaluate
     from launch import common
 
-    assert jax.process_count() == num_processes, jax.process_count()
     config = worker_config()
     if mode == "steps":
         import numpy as np
