@@ -55,7 +55,7 @@ from jml_jax.progress import Progress
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local, normalize_rules
 from jml_jax.steps import make_eval_step, make_train_step
 from jml_jax.summary import MetricWriter
-from jml_jax.train import NonFiniteLossError, TrainData
+from jml_jax.train import NonFiniteLossError, TrainData, close_run
 from jml_jax.train_state import abstract_sharded_state, create_sharded_state
 
 log = logging.getLogger(__name__)
@@ -414,12 +414,7 @@ def train_relation(config, workdir, train_data: TrainData, eval_data: Mapping[st
             ckpt.save(int(state.step), _host_tree(state), metadata={"best": best, "last": last}, force=True)
         save_relation(workdir / RELATION_DIR, state.params, state.batch_stats)
     finally:
-        progress.close()
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
-        if hasattr(batches, "close"):
-            batches.close()
+        close_run(progress, ckpt, writer, batches)
     summary = {
         "final_step": int(state.step), "final_scores": last["scores"],
         "select": select, "best_step": best["step"],

@@ -202,6 +202,18 @@ def _host_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in metrics.items()}
 
 
+def close_run(progress, ckpt: Checkpointer, writer, batches) -> None:
+    """End of a training loop, normal or not: the progress line, pending
+    asynchronous saves, the checkpoint manager, the metric writer and the
+    batch iterator (when it has a ``close``)."""
+    progress.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if hasattr(batches, "close"):
+        batches.close()
+
+
 def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainData, eval_splits: Mapping[str, EvalSplit],
                        *, devices=None) -> dict:
     """Trains, evaluates and checkpoints; returns the summary of the best step.
@@ -281,12 +293,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
         if ckpt.latest_step() != int(state.step):
             save(int(state.step), state, metadata={"best": best}, force=True)
     finally:
-        progress.close()
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
-        if hasattr(batches, "close"):
-            batches.close()
+        close_run(progress, ckpt, writer, batches)
     summary = {
         "best_step": best["step"], "select": select, "best_value": best["value"],
         "best_scores": best["scores"], "total_steps": schedule.total_steps,
