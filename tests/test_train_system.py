@@ -32,7 +32,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import PartitionSpec
 
-from configs import demo
+import small_demo
 from jml_jax import train
 from jml_jax.checkpointing import COMMIT_FILE, Checkpointer, CheckpointError, CheckpointStructureError
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local
@@ -40,7 +40,7 @@ from jml_jax.steps import make_train_step
 from jml_jax.summary import read_jsonl
 from launch import common
 
-TOTAL_STEPS = 4
+TOTAL_STEPS = small_demo.TOTAL_STEPS
 SELECT = "dev/joint_orig/f1"
 _CACHE_OPTIONS = {
     "jax_compilation_cache_dir": None,
@@ -64,15 +64,7 @@ def compilation_cache_dir(tmp_path_factory):
 
 
 def small_demo_config(*, images: bool):
-    """The demo config, shrunk: 7 steps per epoch (60 examples / 8), 4 steps."""
-    c = demo.get_config(None if images else "text_only")
-    c.data.max_seq_length = 32
-    c.batch_size = 8
-    c.eval_batch_size = 8
-    c.max_steps = TOTAL_STEPS
-    c.log_every_steps = 1
-    c.checkpoint_every_steps = 2
-    c.eval_per_epoch = 1  # eval every 7 steps: only at the last step (4)
+    c = small_demo.small_demo_config(images=images)
     c.keep_checkpoints = 3
     return c
 

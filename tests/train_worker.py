@@ -28,17 +28,10 @@ STEPS = 2
 
 
 def worker_config():
-    """The text-only demo config, shrunk: 4 steps, one eval at the end."""
-    from configs import demo
+    """The text-only demo config of the training-system tests, on MESH_SHAPE."""
+    from small_demo import small_demo_config
 
-    c = demo.get_config("text_only")
-    c.data.max_seq_length = 32
-    c.batch_size = 8
-    c.eval_batch_size = 8
-    c.max_steps = 4
-    c.log_every_steps = 1
-    c.checkpoint_every_steps = 2
-    c.eval_per_epoch = 1
+    c = small_demo_config(images=False)
     c.mesh_shape = MESH_SHAPE
     return c
 
