@@ -1,8 +1,11 @@
-"""A one-line progress display for training: step, loss, examples/s, ETA.
+"""The training progress bar (tqdm): step/total, smoothed loss, examples/s, ETA.
 
-No dependency (tqdm is not on every machine we run on). Redraws in place on a
-terminal; elsewhere (CI logs, files) prints a line every ``every_seconds``.
-Only process 0 prints.
+Only process 0 shows it. On a terminal it redraws in place a few times a
+second; elsewhere (CI logs, files) at most once every ``NON_TTY_INTERVAL_S``
+seconds, so logs are not flooded. The training loops may call `update` at
+every step or only at some (e.g. the log steps, where the loss is fetched):
+``update(step)`` moves the bar to ``step`` and ``update(step, loss=x)`` also
+folds ``x`` into the shown loss.
 """
 
 from __future__ import annotations
@@ -11,59 +14,67 @@ import sys
 import time
 
 import jax
+from tqdm import tqdm
 
-
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+NON_TTY_INTERVAL_S = 10.0
+BAR_FORMAT = "{percentage:3.0f}%|{bar:20}| step {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+LOSS_SMOOTHING = 0.9  # weight of the previous value in the shown loss
 
 
 class Progress:
-    def __init__(self, total: int, *, start: int = 0, unit_examples: int = 1, every_seconds: float = 10.0, stream=None):
-        self.total = total
-        self.start = start
-        self.unit_examples = unit_examples
-        self.every = every_seconds
-        self.stream = stream or sys.stderr
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.enabled = jax.process_index() == 0
-        self.t0 = time.time()
-        self.t_first = None  # first step excludes compilation from the rate
-        self.step_first = start
-        self.last_print = 0.0
-        self.loss_avg = None
+    """A tqdm bar over optimizer steps.
 
-    def update(self, step: int, *, loss: float) -> None:
-        now = time.time()
-        if self.t_first is None:
-            self.t_first, self.step_first = now, step
-        self.loss_avg = loss if self.loss_avg is None else 0.9 * self.loss_avg + 0.1 * loss
+    Args:
+      total: the last step of the run.
+      start: the step the run starts (or resumes) from.
+      unit_examples: examples per step (the global batch), for examples/s.
+      stream: where to draw (default ``sys.stderr``).
+      mininterval: seconds between redraws; default 0.1 on a terminal,
+        ``NON_TTY_INTERVAL_S`` elsewhere.
+    """
+
+    def __init__(self, total: int, *, start: int = 0, unit_examples: int = 1, stream=None,
+                 mininterval: float | None = None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = jax.process_index() == 0
+        self.unit_examples = unit_examples
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        if mininterval is None:
+            mininterval = 0.1 if tty else NON_TTY_INTERVAL_S
+        self.bar = tqdm(
+            total=total, initial=start, file=self.stream, disable=not self.enabled,
+            mininterval=mininterval, unit="step", bar_format=BAR_FORMAT, dynamic_ncols=tty,
+        )
+        self.loss: float | None = None
+        # The examples/s count starts at the first update, so that the first
+        # step's compilation does not drag the rate down for the whole run.
+        self._t_first: float | None = None
+        self._step_first = start
+
+    def update(self, step: int, *, loss: float | None = None) -> None:
+        """Moves the bar to ``step``; ``loss`` (if given) updates the smoothed loss."""
         if not self.enabled:
             return
-        if self.tty or now - self.last_print >= self.every or step == self.total:
-            self.last_print = now
-            done = step - self.step_first
-            rate = done / (now - self.t_first) if done and now > self.t_first else 0.0
-            eta = (self.total - step) / rate if rate else float("nan")
-            pct = 100.0 * step / max(1, self.total)
-            line = (
-                f"step {step}/{self.total} ({pct:5.1f}%) loss {self.loss_avg:.4f} "
-                f"{rate * self.unit_examples:7.1f} ex/s ETA {_fmt_seconds(eta) if rate else '--:--'}"
-            )
-            if self.tty:
-                self.stream.write("\r" + line.ljust(90))
-            else:
-                self.stream.write(line + "\n")
-            self.stream.flush()
+        now = time.perf_counter()
+        if self._t_first is None:
+            self._t_first, self._step_first = now, step
+        if loss is not None:
+            loss = float(loss)
+            self.loss = loss if self.loss is None else LOSS_SMOOTHING * self.loss + (1 - LOSS_SMOOTHING) * loss
+        parts = []
+        if self.loss is not None:
+            parts.append(f"loss={self.loss:.4f}")
+        done, elapsed = step - self._step_first, now - self._t_first
+        if done > 0 and elapsed > 0:
+            parts.append(f"{done * self.unit_examples / elapsed:.1f} ex/s")
+        self.bar.set_postfix_str(", ".join(parts), refresh=False)
+        if step > self.bar.n:
+            self.bar.update(step - self.bar.n)
 
     def note(self, message: str) -> None:
+        """Prints ``message`` on its own line without breaking the bar."""
         if self.enabled:
-            self.stream.write(("\n" if self.tty else "") + message + "\n")
-            self.stream.flush()
+            tqdm.write(message, file=self.stream)
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.bar.close()
