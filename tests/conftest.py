@@ -14,21 +14,29 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-REFERENCE = SHARED / "reference"
-FIXTURES = REFERENCE / "fixtures"
-REAL_DATA = SHARED / "data"
+# Outputs of the authors' code for the parity tests (README there); part of the repository.
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "reference"
+# The real annotations are not in the repository: JML_DATA_ROOT names a folder
+# holding twitter2015/ twitter2017/ trc/ (python -m data_pipeline.download --out data/).
+DATA_ROOT_ENV = "JML_DATA_ROOT"
+NO_REAL_DATA = (f"set {DATA_ROOT_ENV} to a folder with the real annotations "
+                "(python -m data_pipeline.download --out data/)")
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir():
-    if not FIXTURES.is_dir():
-        pytest.skip(f"reference fixtures not found at {FIXTURES}")
+    if not (FIXTURES / "orig_tiny_model.npz").is_file():
+        raise FileNotFoundError(f"the reference fixtures are missing from {FIXTURES}; they are part of the repository")
     return FIXTURES
 
 
 @pytest.fixture(scope="session")
 def real_data_dir():
-    if not REAL_DATA.is_dir():
-        pytest.skip(f"real annotations not found at {REAL_DATA}")
-    return REAL_DATA
+    root = os.environ.get(DATA_ROOT_ENV)
+    if not root:
+        pytest.skip(NO_REAL_DATA)
+    path = pathlib.Path(root).expanduser().resolve()
+    missing = [name for name in ("twitter2015", "twitter2017", "trc") if not (path / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{DATA_ROOT_ENV}={root} lacks the folder(s) {missing}; " + NO_REAL_DATA)
+    return path

@@ -1,6 +1,6 @@
 """Parity with the authors' PyTorch code on a tiny random JML model.
 
-The fixture (../shared/reference/fixtures/orig_tiny_model.npz, README §1)
+The fixture (tests/fixtures/reference/orig_tiny_model.npz, README §1)
 holds the original JointMMwithRel's state dict, a batch of 3 rows and the
 outputs the original produced. We import the state dict through our converter
 and reproduce every output at the tolerances the README gives.
