@@ -64,7 +64,6 @@ def optimizer_config() -> ml_collections.ConfigDict:
     o.eps = 1e-6
     # Micro-batches per optimizer step (the original: 8 x 4 = 32).
     o.grad_accum_steps = 8
-    o.frozen_prefixes = ("relation",)
     return o
 
 

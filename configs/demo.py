@@ -5,19 +5,25 @@ Trains, evaluates and checkpoints on a 2-core CPU in a few minutes:
     python -m launch.train --config=configs/demo.py --workdir=workdirs/demo
     python -m launch.evaluate --config=configs/demo.py --workdir=workdirs/demo --split=test
 
-Variants through the config argument: ``configs/demo.py:text_only``.
+Variants through the config argument (``--config=configs/demo.py:text_only``;
+parsed by configs/args.py):
+
+  text_only   no image stream (no ResNets, no relation module)
 """
 
 from __future__ import annotations
 
 import pathlib
 
+from configs.args import config_name, parse_config_arg
 from configs.common import base_config
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "data" / "sample"
+FLAGS = ("text_only",)
 
 
 def get_config(arg: str | None = None):
+    flags = parse_config_arg(arg, config=config_name(__file__), flags=FLAGS).flags
     c = base_config()
     c.model.bert = "tiny"
     vocab = SAMPLE / "vocab.txt"
@@ -42,9 +48,7 @@ def get_config(arg: str | None = None):
     c.checkpoint_every_steps = 40
     c.log_every_steps = 5
     c.seed = 0
-    if arg == "text_only":
+    if "text_only" in flags:
         c.model.use_images = False
         c.data.image_dir = None
-    elif arg:
-        raise ValueError(f"unknown demo variant {arg!r}; valid: 'text_only'")
     return c

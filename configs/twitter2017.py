@@ -3,11 +3,16 @@
     python -m launch.train --config=configs/twitter2017.py --workdir=workdirs/t17
 
 Data files default to ``data/twitter2017/{train,dev,test}.json`` and
-``data/twitter2017/images``; see configs/twitter.py for the variants.
+``data/twitter2017/images``. Variants, comma-separated after the colon
+(``--config=configs/twitter2017.py:fixed,bf16``; see configs/twitter.py):
+text_only, minilm, fixed, no_relation, hard_gate, no_mate_vision,
+no_masc_vision, bf16.
 """
 
-from configs.twitter import twitter_config
+from configs.args import config_name, parse_config_arg
+from configs.twitter import FLAGS, twitter_config
 
 
 def get_config(arg: str | None = None):
-    return twitter_config("twitter2017", "data/twitter2017", 54, arg)
+    flags = parse_config_arg(arg, config=config_name(__file__), flags=FLAGS).flags
+    return twitter_config("twitter2017", "data/twitter2017", 54, flags)
