@@ -83,16 +83,50 @@ class ErrorPolicy:
         logger.warning("skipping %s: %s", location, reason)
         self.skipped.append((location, reason))
 
-    def result(self, examples) -> ReadResult:
+    def result(self, examples, empty_hint: str = "") -> ReadResult:
+        """The ReadResult; refuses a file that gave no example at all, which would
+        otherwise train or score on nothing without a word."""
         if self.skipped:
             logger.warning("%s: skipped %d malformed record(s)", self.path, len(self.skipped))
+        if not examples:
+            why = f"all {len(self.skipped)} records were malformed and skipped" if self.skipped else (
+                empty_hint or "the file holds no records")
+            raise DataFormatError(f"{self.path}: no examples ({why})")
         return ReadResult(tuple(examples), tuple(self.skipped), str(self.path))
 
 
 def read_text(path) -> tuple[pathlib.Path, str]:
+    """(path, text) of a UTF-8 text file; a UTF-8 byte-order mark is allowed.
+
+    Raises:
+      DataFormatError naming the file when it is not UTF-8 (e.g. Latin-1, or
+        UTF-16 with or without its byte-order mark).
+    """
     path = pathlib.Path(path)
-    # utf-8-sig: a byte-order mark would otherwise become part of the first word.
-    return path, path.read_text(encoding="utf-8-sig")
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataFormatError(f"{path}: the file is UTF-16 (byte-order mark); save it as UTF-8")
+    try:
+        # utf-8-sig: a byte-order mark would otherwise become part of the first word.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataFormatError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}: "
+                              f"{e.reason}); save the file as UTF-8") from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataFormatError(f"{path}:{line}: the text holds NUL characters (UTF-16 without a byte-order "
+                              "mark?); save the file as UTF-8")
+    return path, text
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines split on '\\n' only, a trailing '\\r' removed from each.
+
+    Not `str.splitlines`: that also breaks at U+2028, U+0085, form feeds and
+    other characters that real tweets carry inside a token.
+    """
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
 def make_example(words, spans, image_id: str, example_id: str) -> Example:
@@ -124,7 +158,7 @@ def json_records(path: pathlib.Path, text: str):
     stripped = text.lstrip()
     if not stripped.startswith("["):
         index = 0
-        for line_no, line in enumerate(text.splitlines(), 1):
+        for line_no, line in enumerate(split_lines(text), 1):
             if not line.strip():
                 continue
             try:

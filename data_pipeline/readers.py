@@ -15,27 +15,43 @@ Formats (`read_examples` picks one by name or file suffix):
   conll     CoNLL sentiment-BIO blocks: `IMGID:<id>` then `token<TAB>tag` lines
   tsv       per-aspect TSV (TomBERT release): one row per aspect,
             `index<TAB>label<TAB>image_id<TAB>sentence with $T$<TAB>aspect`
+            (a first line without `$T$` is the header)
   trc       the TRC JSON {"words", "image_id", "ifpairs": [R, V]} (`read_trc`)
+  trc_csv   the TRC CSV as released (`read_trc_csv`, data_pipeline/trc_readers.py)
+
+Every text file is read as UTF-8 (a byte-order mark allowed; anything else is
+refused naming the file) and split into lines at '\n' only. A file that gives
+no example at all (empty, `[]`, a header alone, every record skipped) is
+refused naming the file: it would otherwise train or score on nothing.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import pathlib
 import re
 
-import numpy as np
-
-from data_pipeline.examples import Example, RelationExample
+from data_pipeline.examples import Example
 from data_pipeline.reader_common import (ON_ERROR_CHOICES, SHORT_POLARITY, DataFormatError, ErrorPolicy,
-                                         ReadResult, RecordError, json_records, make_example, read_text)
+                                         ReadResult, RecordError, json_records, make_example, read_text,
+                                         split_lines)
+from data_pipeline.trc_readers import TRC_CSV_HEADER, read_trc, read_trc_csv, split_trc
 
 __all__ = ["ON_ERROR_CHOICES", "DataFormatError", "ReadResult", "READERS", "SUFFIX_FORMATS", "read_examples",
-           "read_json", "read_original", "read_conll", "read_tsv", "read_trc", "split_trc"]
+           "detect_format", "read_json", "read_original", "read_conll", "read_tsv", "read_trc", "read_trc_csv",
+           "split_trc"]
+
+logger = logging.getLogger(__name__)
 
 _TSV_LABELS = {"0": "negative", "1": "neutral", "2": "positive"}
 _ORIGINAL_TAGS = ("O", "T-POS", "T-NEG", "T-NEU", "T-POS-B", "T-NEG-B", "T-NEU-B")
 _CONLL_TAGS = ("O", "B-POS", "I-POS", "B-NEU", "I-NEU", "B-NEG", "I-NEG")
+# An IMGID that already names an image file keeps its suffix (no '1.jpg.jpg').
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+
+def _empty_hint(text: str) -> str:
+    return "the file is empty" if not text.strip() else ""
 
 
 # ----------------------------------------------------------------------------- JSON
@@ -95,7 +111,7 @@ def read_json(path, on_error: str = "raise") -> ReadResult:
             examples.append(_json_example(record, f"{path.stem}:{index}"))
         except RecordError as e:
             issues.report(issues.location(e.line or line, index), str(e))
-    return issues.result(examples)
+    return issues.result(examples, _empty_hint(text) or "an empty JSON array")
 
 
 # ------------------------------------------------------------------ original lines
@@ -169,14 +185,14 @@ def read_original(path, on_error: str = "raise") -> ReadResult:
     path, text = read_text(path)
     issues = ErrorPolicy(path, on_error)
     examples = []
-    for line_no, line in enumerate(text.splitlines(), 1):
+    for line_no, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
         try:
             examples.append(_original_example(line, f"{path.stem}:{line_no}"))
         except RecordError as e:
             issues.report(issues.location(line_no), str(e))
-    return issues.result(examples)
+    return issues.result(examples, _empty_hint(text))
 
 
 # ----------------------------------------------------------------------------- CoNLL
@@ -185,7 +201,9 @@ def _conll_example(block, image_suffix: str, example_id: str) -> Example:
     first_no, first = block[0]
     if not first.startswith("IMGID:") or not first[len("IMGID:"):].strip():
         raise RecordError(f"a block must start with 'IMGID:<id>', got {first!r}", first_no)
-    image_id = first[len("IMGID:"):].strip() + image_suffix
+    image_id = first[len("IMGID:"):].strip()
+    if not image_id.lower().endswith((*_IMAGE_SUFFIXES, image_suffix.lower() or ".jpg")):
+        image_id += image_suffix
     words, spans, open_span = [], [], None
     for line_no, line in block[1:]:
         fields = line.split("\t")
@@ -214,12 +232,13 @@ def read_conll(path, on_error: str = "raise", image_suffix: str = ".jpg") -> Rea
     """Reads CoNLL sentiment-BIO blocks -> ReadResult of Examples.
 
     Blocks are separated by blank lines; image_id = the IMGID value +
-    `image_suffix`; example_id is '<stem>:<line of the IMGID line>'.
+    `image_suffix` (not added when the IMGID already ends in an image suffix
+    such as '.jpg'); example_id is '<stem>:<line of the IMGID line>'.
     """
     path, text = read_text(path)
     issues = ErrorPolicy(path, on_error)
     blocks, block = [], []
-    for line_no, line in enumerate(text.splitlines(), 1):
+    for line_no, line in enumerate(split_lines(text), 1):
         if line.strip():
             block.append((line_no, line))
         elif block:
@@ -233,7 +252,7 @@ def read_conll(path, on_error: str = "raise", image_suffix: str = ".jpg") -> Rea
             examples.append(_conll_example(block, image_suffix, f"{path.stem}:{block[0][0]}"))
         except RecordError as e:
             issues.report(issues.location(e.line or block[0][0]), str(e))
-    return issues.result(examples)
+    return issues.result(examples, _empty_hint(text))
 
 
 # ------------------------------------------------------------------------------ TSV
@@ -266,17 +285,24 @@ def _tsv_row(line: str):
 def read_tsv(path, on_error: str = "raise") -> ReadResult:
     """Reads the per-aspect TSV format -> ReadResult of Examples (one per sentence).
 
-    Consecutive rows with the same image id and the same full sentence (the $T$
-    replaced by the row's aspect) are regrouped into one example. A row that
-    repeats a span already in the group starts a new example: that is how a
-    duplicated sentence shows up in this format. example_id is
-    '<stem>:<line of the group's first row>'. The header line is skipped.
+    Rows with the same image id and the same full sentence (the $T$ replaced by
+    the row's aspect) are regrouped into one example, also when other rows come
+    between them (logged with their lines). A row joins the latest such
+    sentence that lacks its span; a row that repeats a span already there
+    starts a new example: that is how a duplicated sentence shows up in this
+    format. Examples come in the order of their first rows; example_id is
+    '<stem>:<line of the first row>'. The first line is the header when it
+    has no `$T$` (the TomBERT files have one); otherwise it is a row.
     """
     path, text = read_text(path)
     issues = ErrorPolicy(path, on_error)
     groups = []  # [first_line, key, spans, line of each span]
-    lines = text.splitlines()
-    for line_no, line in enumerate(lines[1:], 2):
+    latest = {}  # key -> indices into groups, oldest first
+    lines = split_lines(text)
+    first_row = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    header = first_row < len(lines) and "$T$" not in lines[first_row]
+    regrouped = []
+    for line_no, line in enumerate(lines[first_row + header:], first_row + header + 1):
         if not line.strip():
             continue
         try:
@@ -285,11 +311,19 @@ def read_tsv(path, on_error: str = "raise") -> ReadResult:
             issues.report(issues.location(line_no), str(e))
             continue
         key = (image_id, words)
-        if groups and groups[-1][1] == key and span[:2] not in [s[:2] for s in groups[-1][2]]:
-            groups[-1][2].append(span)
-            groups[-1][3].append(line_no)
-        else:
+        target = next((g for g in reversed(latest.get(key, ())) if span[:2] not in [s[:2] for s in groups[g][2]]),
+                      None)
+        if target is None:
+            latest.setdefault(key, []).append(len(groups))
             groups.append([line_no, key, [span], [line_no]])
+            continue
+        if target != len(groups) - 1:
+            regrouped.append(f"{line_no}->{groups[target][0]}")
+        groups[target][2].append(span)
+        groups[target][3].append(line_no)
+    if regrouped:
+        logger.warning("%s: %d row(s) joined a sentence whose rows are not adjacent (line->first line: %s)",
+                       path, len(regrouped), ", ".join(regrouped[:20]) + (" ..." if len(regrouped) > 20 else ""))
     examples = []
     for first, (image_id, words), spans, span_lines in groups:
         kept = []
@@ -300,65 +334,7 @@ def read_tsv(path, on_error: str = "raise") -> ReadResult:
             except RecordError as e:
                 issues.report(issues.location(line_no), str(e))
         examples.append(make_example(words, kept, image_id, f"{path.stem}:{first}"))
-    return issues.result(examples)
-
-
-# ------------------------------------------------------------------------------ TRC
-def _trc_example(record, example_id: str) -> RelationExample:
-    if not isinstance(record, dict):
-        raise RecordError(f"a record must be a JSON object, got {type(record).__name__}")
-    words = record.get("words")
-    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-        raise RecordError("'words' must be a list of strings")
-    image_id = _image_field(record)
-    pair = record.get("ifpairs")
-    if not (isinstance(pair, list) and len(pair) == 2 and all(v in (0, 1) and not isinstance(v, bool) for v in pair)):
-        raise RecordError(f"'ifpairs' must be [text_is_represented, image_adds] with 0/1 values, got {pair!r}")
-    return RelationExample(tuple(words), image_id, pair[0], pair[1], example_id)
-
-
-def read_trc(path, on_error: str = "raise") -> ReadResult:
-    """Reads the TRC JSON (array or JSON Lines) -> ReadResult of RelationExamples.
-
-    Tweets with no words are kept (the TRC set has some); they become
-    '[CLS] [SEP]' features.
-    """
-    path, text = read_text(path)
-    issues = ErrorPolicy(path, on_error)
-    examples = []
-    for line, index, record in json_records(path, text):
-        try:
-            if isinstance(record, RecordError):
-                raise record
-            examples.append(_trc_example(record, f"{path.stem}:{index}"))
-        except RecordError as e:
-            issues.report(issues.location(e.line or line, index), str(e))
-    return issues.result(examples)
-
-
-def split_trc(examples, test_fraction: float = 0.2, seed: int = 1234):
-    """The paper's 80/20 TRC split (§2.3) -> (train, test) lists.
-
-    Follows the algorithm of sklearn's `train_test_split(test_size=0.2,
-    random_state=1234)` (ShuffleSplit): `np.random.RandomState(seed)
-    .permutation(n)`, the first ceil(test_fraction * n) indices are the test
-    set and the rest, in permutation order, the train set. sklearn is not a
-    dependency; this was checked to give exactly sklearn 1.9.1's lists for
-    n = 5, 10, 20, 37, 101 and 4471 (a test pins n = 20). The split is
-    deterministic, disjoint and covers every example; it equals the original's
-    only when the rows come in the same order as its CSV.
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    examples = list(examples)
-    n = len(examples)
-    n_test = math.ceil(test_fraction * n)
-    if n_test == 0 or n_test == n:
-        raise ValueError(f"cannot split {n} examples with test_fraction={test_fraction}")
-    permutation = np.random.RandomState(seed).permutation(n)
-    test = [examples[i] for i in permutation[:n_test]]
-    train = [examples[i] for i in permutation[n_test:]]
-    return train, test
+    return issues.result(examples, _empty_hint(text) or ("only a header line" if header else ""))
 
 
 # ------------------------------------------------------------------------- dispatch
@@ -368,29 +344,68 @@ READERS = {
     "conll": read_conll,
     "tsv": read_tsv,
     "trc": read_trc,
+    "trc_csv": read_trc_csv,
 }
 SUFFIX_FORMATS = {
     ".json": "json",
     ".jsonl": "json",
-    ".txt": "original",
+    ".txt": "original or conll (by content)",
     ".conll": "conll",
     ".bio": "conll",
     ".tsv": "tsv",
+    ".csv": "trc_csv (by its header)",
 }
 
 
-def read_examples(path, format: str = "auto", on_error: str = "raise", **kwargs) -> ReadResult:
-    """Reads annotations in the named format, or by file suffix with format='auto'.
+def _first_line(path: pathlib.Path) -> str:
+    _, text = read_text(path)
+    return next((line.strip() for line in split_lines(text) if line.strip()), "")
 
-    kwargs go to the reader (e.g. image_suffix for 'conll'). A TRC file must be
-    named explicitly (format='trc'): its suffix is '.json' too.
+
+def detect_format(path) -> str:
+    """The annotation format of `path` from its suffix, and for '.txt' and '.csv'
+    from its content: a '.txt' holds the original lines (`...####...`) or
+    CoNLL blocks (`IMGID:...`), a '.csv' the TRC release (its header).
+
+    Raises:
+      ValueError naming the file and the data.format values to choose from.
+    """
+    path = pathlib.Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        first = _first_line(path)
+        if first.startswith("IMGID:"):
+            return "conll"
+        if "####" in first:
+            return "original"
+        raise ValueError(f"{path}: a .txt file must hold the original JML lines ('words####word=TAG ...') or "
+                         f"CoNLL blocks ('IMGID:<id>' then 'token<TAB>tag'), but its first line is {first[:80]!r}; "
+                         "set data.format (format=) to 'original' or 'conll'")
+    if suffix == ".csv":
+        first = _first_line(path)
+        if first.replace('"', "").split(",")[:len(TRC_CSV_HEADER)] == list(TRC_CSV_HEADER):
+            return "trc_csv"
+        raise ValueError(f"{path}: a .csv file must be the TRC release with the header "
+                         f"{','.join(TRC_CSV_HEADER)},...; its first line is {first[:80]!r}; "
+                         f"set data.format (format=) to one of {sorted(READERS)}")
+    format = SUFFIX_FORMATS.get(suffix)
+    if format is None:
+        raise ValueError(f"{path}: cannot tell the format from suffix {path.suffix!r}; "
+                         f"known suffixes {sorted(SUFFIX_FORMATS)}, or pass format= one of {sorted(READERS)}")
+    return format
+
+
+def read_examples(path, format: str = "auto", on_error: str = "raise", **kwargs) -> ReadResult:
+    """Reads annotations in the named format, or detected with format='auto'
+    (`detect_format`: by suffix, and by content for '.txt' and '.csv').
+
+    kwargs go to the reader (e.g. image_suffix for 'conll', full_text for
+    'trc_csv'). A TRC JSON file must be named explicitly (format='trc'): its
+    suffix is '.json' too.
     """
     path = pathlib.Path(path)
     if format == "auto":
-        format = SUFFIX_FORMATS.get(path.suffix.lower())
-        if format is None:
-            raise ValueError(f"{path}: cannot tell the format from suffix {path.suffix!r}; "
-                             f"known suffixes {sorted(SUFFIX_FORMATS)}, or pass format= one of {sorted(READERS)}")
+        format = detect_format(path)
     reader = READERS.get(format)
     if reader is None:
         raise ValueError(f"unknown annotation format {format!r}; valid: {sorted(READERS)} or 'auto'")

@@ -35,9 +35,11 @@ def read_vocab(vocab_path) -> "collections.OrderedDict[str, int]":
 
     Raises ValueError naming the file and line on an empty or repeated token.
     """
-    path = pathlib.Path(vocab_path)
+    from data_pipeline.reader_common import read_text
+
+    path, text = read_text(vocab_path)  # UTF-8; any other encoding is refused naming the file
     vocab: collections.OrderedDict[str, int] = collections.OrderedDict()
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the file's final newline
     for index, line in enumerate(lines):

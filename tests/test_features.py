@@ -173,6 +173,14 @@ def test_read_vocab_names_bad_lines(tmp_path):
         load_tokenizer(path)
 
 
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_read_vocab_refuses_a_file_that_is_not_utf8_naming_it(tmp_path, encoding):
+    path = tmp_path / "vocab.txt"
+    path.write_bytes("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ncafé\n".encode(encoding))
+    with pytest.raises(ValueError, match=r"vocab.txt(:\d+)?: .*(UTF-16|not UTF-8)"):
+        read_vocab(path)
+
+
 # --------------------------------------------------------------- bundled sample
 def test_sample_vocab_covers_the_sample(bert_tokenizer):
     small = load_tokenizer(SAMPLE_DIR / "vocab.txt")

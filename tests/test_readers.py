@@ -7,8 +7,8 @@ import pytest
 
 from conftest import REPO_ROOT
 from data_pipeline.examples import Aspect, Example
-from data_pipeline.readers import (DataFormatError, ReadResult, read_conll, read_examples, read_json,
-                                   read_original, read_trc, read_tsv, split_trc)
+from data_pipeline.readers import (DataFormatError, ReadResult, detect_format, read_conll, read_examples,
+                                   read_json, read_original, read_trc, read_trc_csv, read_tsv, split_trc)
 
 FORMATS_DIR = REPO_ROOT / "tests" / "fixtures" / "formats"
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
@@ -246,8 +246,182 @@ def test_split_trc_is_deterministic_disjoint_and_covering():
         split_trc(items, test_fraction=1.0)
 
 
+# ----------------------------------------------------------------- bad input
+@pytest.mark.parametrize("name, text, fmt, why", [
+    ("empty.json", "", "auto", "the file is empty"),
+    ("blank.json", "  \n\n", "auto", "the file is empty"),
+    ("empty_list.json", "[]\n", "auto", "an empty JSON array"),
+    ("empty.jsonl", "", "auto", "the file is empty"),
+    ("empty.txt", "\n", "original", "the file is empty"),
+    ("empty.conll", "", "auto", "the file is empty"),
+    ("header.tsv", "index\t#1 Label\t#2 ImageID\t#3 String\t#3 String\n", "auto", "only a header line"),
+    ("trc.json", "[]", "trc", "an empty JSON array"),
+    ("header.csv", '"tweet_id","user_id","tweet","text_is_represented","image_adds"\n', "auto",
+     "only a header line"),
+])
+def test_a_file_without_examples_is_refused_naming_it(tmp_path, name, text, fmt, why):
+    path = _write(tmp_path, name, text)
+    with pytest.raises(DataFormatError, match=rf"{name}: no examples \({why}\)"):
+        read_examples(path, format=fmt)
+
+
+def test_a_file_whose_records_are_all_skipped_is_refused(tmp_path):
+    path = _write(tmp_path, "bad.tsv", _HEADER + "0\t7\t1.jpg\t$T$ x\tA\n")
+    with pytest.raises(DataFormatError, match=r"bad.tsv: no examples \(all 1 records were malformed"):
+        read_tsv(path, on_error="skip")
+
+
+def test_tsv_without_header_keeps_its_first_row(tmp_path):
+    rows = (FORMATS_DIR / "sample.tsv").read_text(encoding="utf-8").split("\n", 1)[1]
+    with_header = read_tsv(FORMATS_DIR / "sample.tsv")
+    without = read_tsv(_write(tmp_path, "noheader.tsv", rows))
+    assert _content(without) == _content(with_header) == _content(read_json(FORMATS_DIR / "sample.json"))
+    assert without[0].example_id == "noheader:1"
+    # A malformed first row is an error, not a header that silently vanishes.
+    with pytest.raises(DataFormatError, match=r"bad.tsv:1: .*label '9'"):
+        read_tsv(_write(tmp_path, "bad.tsv", "0\t9\t1.jpg\t$T$ x\tA\n" + rows))
+
+
+def test_tsv_rows_of_one_sentence_that_are_not_adjacent_are_regrouped(tmp_path, caplog):
+    header, *rows = [r for r in (FORMATS_DIR / "sample.tsv").read_text(encoding="utf-8").split("\n") if r]
+    shuffled = [rows[i] for i in (0, 2, 5, 1, 3, 7, 6, 4, 8)]  # every sentence's rows torn apart
+    result = read_tsv(_write(tmp_path, "torn.tsv", "\n".join([header, *shuffled]) + "\n"))
+    reference = _content(read_json(FORMATS_DIR / "sample.json"))
+    order = ["1001.jpg", "1002.jpg", "1003.jpg", "1004.jpg", "1005.jpg"]
+    assert [c[2] for c in _content(result)] == order  # in the order of each sentence's first row
+    assert _content(result) == reference
+    assert "torn.tsv: 4 row(s) joined a sentence whose rows are not adjacent" in caplog.text
+    assert "5->2" in caplog.text  # line 5 (Riverside's 2nd aspect) joined the sentence of line 2
+
+
+def test_tsv_duplicated_sentence_stays_two_examples_when_torn_apart(tmp_path):
+    rows = ["0\t2\t1.jpg\t$T$ met Bo\tAl", "1\t1\t2.jpg\t$T$ ran\tCy", "2\t2\t1.jpg\t$T$ met Bo\tAl",
+            "3\t0\t1.jpg\tAl met $T$\tBo", "4\t0\t1.jpg\tAl met $T$\tBo"]
+    result = read_tsv(_write(tmp_path, "t.tsv", _HEADER + "\n".join(rows) + "\n"))
+    two = (Aspect(0, 0, "positive"), Aspect(2, 2, "negative"))
+    assert [(ex.image_id, ex.aspects) for ex in result] == [
+        ("1.jpg", two), ("2.jpg", (Aspect(0, 0, "neutral"),)), ("1.jpg", two)]
+
+
+@pytest.mark.parametrize("imgid, suffix, image_id", [
+    ("1", ".jpg", "1.jpg"), ("1.jpg", ".jpg", "1.jpg"), ("1.JPG", ".jpg", "1.JPG"), ("1.png", ".jpg", "1.png"),
+    ("17_06_4705", ".jpg", "17_06_4705.jpg"), ("1.png", ".png", "1.png"), ("1", ".png", "1.png"),
+])
+def test_conll_image_suffix_is_never_doubled(tmp_path, imgid, suffix, image_id):
+    path = _write(tmp_path, "s.conll", f"IMGID:{imgid}\nAl\tB-POS\nruns\tO\n")
+    assert read_conll(path, image_suffix=suffix)[0].image_id == image_id
+
+
+_NOT_UTF8 = {
+    "utf-16": lambda text: text.encode("utf-16"),  # with its byte-order mark
+    "utf-16-le": lambda text: text.encode("utf-16-le"),  # without one
+    "latin-1": lambda text: text.encode("latin-1"),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(_NOT_UTF8))
+@pytest.mark.parametrize("name, fmt", [("d.json", "auto"), ("d.tsv", "auto"), ("d.txt", "original"),
+                                       ("d.conll", "auto"), ("d.csv", "trc_csv")])
+def test_a_file_that_is_not_utf8_is_refused_naming_it(tmp_path, encoding, name, fmt):
+    source = {"d.json": "sample.json", "d.tsv": "sample.tsv", "d.txt": "sample.txt", "d.conll": "sample.conll"}
+    if name == "d.csv":
+        text = '"tweet_id","user_id","tweet","text_is_represented","image_adds"\n"1","2","Café https:x","0","1"\n'
+    else:
+        text = (FORMATS_DIR / source[name]).read_text(encoding="utf-8")
+        text = text.replace("Beyoncé", "Beyonce").replace("🔥", "!")  # encodable in Latin-1 ...
+    text = text.replace("Rovers", "Rovérs")  # ... with one non-ASCII letter left in
+    path = tmp_path / name
+    path.write_bytes(_NOT_UTF8[encoding](text))
+    with pytest.raises(DataFormatError, match=rf"{name}(:\d+)?: .*(UTF-16|not UTF-8|NUL).*save the file as UTF-8|"
+                                              rf"{name}: the file is UTF-16"):
+        read_examples(path, format=fmt)
+
+
+def test_utf8_with_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.tsv"
+    path.write_bytes((FORMATS_DIR / "sample.tsv").read_text(encoding="utf-8").encode("utf-8-sig"))
+    assert _content(read_tsv(path)) == _content(read_json(FORMATS_DIR / "sample.json"))
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u0085", "\x0c", "\u2029", "\x1e"])
+def test_line_separators_inside_tokens_do_not_break_lines(tmp_path, separator):
+    word = f"Al{separator}Bo"
+    files = {
+        "s.txt": f"x####{word}=T-POS-B runs=O____image_labels=[0]____image_ids=['1.jpg']\r\n",
+        "s.conll": f"IMGID:1\r\n{word}\tB-POS\r\nruns\tO\r\n",
+        "s.tsv": _HEADER + f"0\t2\t1.jpg\t$T$ runs\t{word}\r\n",
+        "s.jsonl": json.dumps(_record([word, "runs"], [(0, 1, "POS")], "1.jpg"), ensure_ascii=False) + "\n",
+    }
+    for name, text in files.items():
+        result = read_examples(_write(tmp_path, name, text))
+        assert _content(result) == [((word, "runs"), (Aspect(0, 0, "positive"),), "1.jpg")], name
+
+
+def test_conll_content_in_a_txt_file_is_detected(tmp_path):
+    conll = _write(tmp_path, "train.txt", (FORMATS_DIR / "sample.conll").read_text(encoding="utf-8"))
+    assert detect_format(conll) == "conll"
+    assert _content(read_examples(conll)) == _content(read_json(FORMATS_DIR / "sample.json"))
+    assert detect_format(FORMATS_DIR / "sample.txt") == "original"
+    other = _write(tmp_path, "notes.txt", "some words\n")
+    with pytest.raises(ValueError, match=r"notes.txt: .*set data.format \(format=\) to 'original' or 'conll'"):
+        read_examples(other)
+
+
+# ------------------------------------------------------------------- TRC CSV
+_TRC_CSV_HEADER = ('"tweet_id","user_id","tweet","text_is_represented","image_adds","image_adds_text_repr",'
+                   '"image_adds_text_notrepr","image_notadds_text_repr","image_notadds_text_notrepr"')
+_TRC_CSV_ROWS = [
+    '"698197155698184192","540310244","happy birthday ily @victoriaIeigh https://t.co/K86xqfc3g3","0","0","0","0","0","1"',
+    '"745103435532427264","1","RT @eRewardsUS: Happy Flag Day! https://t.co/a https://t.co/b","1","1","1","0","0","0"',
+    '"689161440901607424","2","This is my \\"I am done\\" face https://t.co/SzK","1","0","0","0","1","0"',
+    '"7","3","#veganprobs http://t.co/8BpxwgQB5J","0","1","0","1","0","0"',
+]
+
+
+def _trc_csv(tmp_path, rows=_TRC_CSV_ROWS, name="textimage-data.csv"):
+    return _write(tmp_path, name, "\n".join([_TRC_CSV_HEADER, *rows]) + "\n")
+
+
+def test_trc_csv_reader_cuts_links_like_the_original(tmp_path):
+    result = read_trc_csv(_trc_csv(tmp_path))
+    assert [(ex.words, ex.image_id, ex.text_represented, ex.image_adds) for ex in result] == [
+        (("happy", "birthday", "ily", "@victoriaIeigh"), "T698197155698184192.jpg", 0, 0),
+        (("RT", "@eRewardsUS:", "Happy", "Flag", "Day!", "https://t.co/a"), "T745103435532427264.jpg", 1, 1),
+        (("This", "is", "my", '\\"I', "am", 'done\\"', "face"), "T689161440901607424.jpg", 1, 0),
+        # no 'https:': the original's rfind gives -1 and drops the last character (§10.13)
+        (("#veganprobs", "http://t.co/8BpxwgQB5"), "T7.jpg", 0, 1),
+    ]
+    assert [ex.example_id for ex in result] == [f"textimage-data:{i}" for i in range(4)]
+    full = read_trc_csv(_trc_csv(tmp_path), full_text=True)
+    assert full[0].words[-1] == "https://t.co/K86xqfc3g3" and full[3].words[-1] == "http://t.co/8BpxwgQB5J"
+    # read_examples finds the format by the header, and passes full_text on.
+    assert list(read_examples(_trc_csv(tmp_path))) == list(result)
+    assert list(read_examples(_trc_csv(tmp_path), full_text=True)) == list(full)
+
+
+@pytest.mark.parametrize("row, reason", [
+    ('"1","2","x","2","0","0","0","0","1"', r"text_is_represented/image_adds must be 0 or 1, got '2'/'0'"),
+    ('"1x","2","x","0","0","0","0","0","1"', r"tweet_id '1x' is not a number"),
+    ('"1","2","a","b","0","0","0","0","0","1"', r"expected 9 fields"),
+    ('1,2,x,0,0,0,0,0,1', r"a row must start and end with a quote"),
+])
+def test_trc_csv_bad_rows_are_named(tmp_path, row, reason):
+    path = _trc_csv(tmp_path, [_TRC_CSV_ROWS[0], row])
+    with pytest.raises(DataFormatError, match=rf"textimage-data.csv:3: {reason}"):
+        read_trc_csv(path)
+    assert read_trc_csv(path, on_error="skip").num_skipped == 1
+
+
+def test_trc_csv_needs_its_header(tmp_path):
+    path = _write(tmp_path, "t.csv", "\n".join(_TRC_CSV_ROWS) + "\n")
+    with pytest.raises(DataFormatError, match=r"t.csv:1: the header must start with \"tweet_id\""):
+        read_trc_csv(path)
+    with pytest.raises(ValueError, match=r"t.csv: a .csv file must be the TRC release"):
+        read_examples(path)
+
+
 # --------------------------------------------------------------------- real data
-REAL_TABLE = {  # /work/shared/data/README.md: sentences, aspects, (POS, NEU, NEG)
+REAL_TABLE = {  # the paper's Table 2: sentences, aspects, (POS, NEU, NEG)
     "twitter2015/train.json": (2101, 3179, (928, 1883, 368)),
     "twitter2015/dev.json": (727, 1122, (303, 670, 149)),
     "twitter2015/test.json": (674, 1037, (317, 607, 113)),
@@ -292,3 +466,18 @@ def test_bundled_sample_data_reads_cleanly():
     assert len(trc) == 40 and {(ex.text_represented, ex.image_adds) for ex in trc} == {(0, 0), (0, 1), (1, 0), (1, 1)}
     images = {p.name for p in (SAMPLE_DIR / "images").iterdir()}
     assert {ex.image_id for ex in every} | {ex.image_id for ex in trc} <= images
+
+
+def test_real_trc_csv_reads_like_the_trc_json(real_data_dir):
+    """The released CSV gives the canonical TRC JSON, except 32 tweets whose
+    quotes (written \\") the JSON's source copy carried differently."""
+    csv_path = real_data_dir / "trc" / "textimage-data.csv"
+    if not csv_path.is_file():
+        pytest.skip(f"{csv_path} is not there (python -m data_pipeline.download writes it)")
+    from_csv = read_examples(csv_path)
+    from_json = read_trc(real_data_dir / "trc" / "trc.json")
+    assert len(from_csv) == len(from_json) == 4471
+    key = lambda ex: (ex.image_id, ex.text_represented, ex.image_adds)  # noqa: E731
+    assert [key(ex) for ex in from_csv] == [key(ex) for ex in from_json]
+    differ = [a for a, b in zip(from_csv, from_json) if a.words != b.words]
+    assert len(differ) == 32 and all(any('\\"' in w for w in ex.words) for ex in differ)
