@@ -1,7 +1,7 @@
 """Data configuration: every field the data pipeline reads, with its default.
 
 `default_data_config()` returns an `ml_collections.ConfigDict`. Fields whose
-default is "nothing" (paths, optional caches) are typed placeholders, so a
+default is "nothing" (optional paths) are typed placeholders, so a
 config locked by `config_flags.DEFINE_config_file(..., lock_config=True)` can
 still be given a value on the command line (`--config.data.image_dir=...`).
 
@@ -87,10 +87,6 @@ def default_data_config() -> ml_collections.ConfigDict:
     # TFDS data_dir for prepared builds (tokenized features + preprocessed
     # crops). None = prepare everything in memory, no TFDS.
     c.prepared_dir = config_dict.placeholder(str)
-    # Folder written by write_feature_cache (frozen image encoder features).
-    # When set, batches carry 'image_features' [b, 49, 2048] float16 instead
-    # of 'image'.
-    c.feature_cache = config_dict.placeholder(str)
 
     # --- iteration --------------------------------------------------------------
     c.shuffle_seed = 0  # Epoch permutations are a function of (seed, epoch).
@@ -100,6 +96,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # random_state=1234)) ---------------------------------------------------------
     c.trc_test_fraction = 0.2
     c.trc_split_seed = 1234
+    # The TRC CSV (data.format 'trc_csv', or a '.csv' train_file): False cuts
+    # each tweet before its last 'https:' as the original does (§2.3, §10.13);
+    # True keeps the whole tweet.
+    c.trc_full_text = False
     return c
 
 

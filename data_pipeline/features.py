@@ -104,7 +104,8 @@ def _convert(examples, tokenizer, cfg: FeatureConfig, with_gold: bool) -> Featur
     L, M = cfg.max_seq_length, cfg.max_spans
     keep = L - 2
     stats = dict(examples_in=len(examples), features=0, truncated_sentences=0, dropped_no_aspect=0,
-                 dropped_all_spans_lost=0, dropped_spans_truncated=0, dropped_spans_empty=0,
+                 dropped_all_spans_lost=0, dropped_spans_truncated=0, sentences_with_spans_truncated=0,
+                 dropped_spans_empty=0,
                  aspects_kept=0, masc_duplicate_texts=0)
     prime_cache(tokenizer, [w for ex in examples for w in ex.words])
     cache = word_cache(tokenizer)
@@ -118,7 +119,7 @@ def _convert(examples, tokenizer, cfg: FeatureConfig, with_gold: bool) -> Featur
             stats["truncated_sentences"] += 1
             if not with_gold:
                 logger.warning("%s: %d WordPieces truncated to %d", ex.example_id, len(pieces), keep)
-        gold = []
+        gold, cut = [], 0
         for aspect in ex.aspects if with_gold else ():
             start, end = orig_to_tok[aspect.start], orig_to_tok[aspect.end + 1] - 1
             if end < start:
@@ -126,10 +127,12 @@ def _convert(examples, tokenizer, cfg: FeatureConfig, with_gold: bool) -> Featur
                 logger.warning("%s: aspect %r has no WordPiece; dropped", ex.example_id, aspect.text(ex.words))
             elif end >= keep:
                 stats["dropped_spans_truncated"] += 1
+                cut += 1
                 logger.warning("%s: aspect %r lies past the %d-WordPiece truncation; dropped",
                                ex.example_id, aspect.text(ex.words), keep)
             else:  # +1: the [CLS] shift (§1.3)
                 gold.append((start + 1, end + 1, POLARITY_LABEL_IDS[aspect.polarity]))
+        stats["sentences_with_spans_truncated"] += cut > 0
         if with_gold and not gold:
             stats["dropped_all_spans_lost"] += 1
             logger.warning("%s: no gold aspect survives tokenization; sentence dropped", ex.example_id)
@@ -184,8 +187,8 @@ def convert_examples(examples, tokenizer, config: FeatureConfig = FeatureConfig(
       config: L and M.
     Returns:
       FeatureSet; stats counts: examples_in, features, truncated_sentences,
-      dropped_no_aspect, dropped_all_spans_lost, dropped_spans_truncated,
-      dropped_spans_empty, aspects_kept (MATE targets), masc_duplicate_texts.
+      dropped_no_aspect, dropped_all_spans_lost, dropped_spans_truncated (gold
+      aspects cut), sentences_with_spans_truncated, dropped_spans_empty, aspects_kept (MATE targets), masc_duplicate_texts.
     Raises:
       ValueError if a sentence has more distinct gold aspects than max_spans.
     """

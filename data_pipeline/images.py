@@ -21,6 +21,12 @@ would use BILINEAR. All PIL filters widen their support when shrinking
 stable across versions; pixels differ from PIL by a few grey levels, never
 bit-exact. The result is rounded to uint8 as PIL does.
 
+A JPEG whose entropy-coded data is damaged (garbage bytes in the middle) is
+unreadable too: libjpeg decodes it with a warning ("Corrupt JPEG data ...")
+into a partly grey picture, and tf.image returns that without an error, so the
+decode pass watches for libjpeg's warnings (`_native_stderr`) and re-checks
+each JPEG alone when one appears.
+
 A missing or unreadable image never stops a run: it is replaced by the
 configured fallback image (cropped with the failing id's own window, as the
 original cached the fallback under the failing id) or by zeros; it is counted
@@ -33,10 +39,13 @@ x / 255, then (x - mean) / std per RGB channel, float32.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
+import sys
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -183,14 +192,71 @@ def _decode_resize(data, out_hw):
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
+# libjpeg's warnings for damaged data (jerror.h: JWRN_HIT_MARKER, JWRN_EXTRANEOUS_DATA,
+# JWRN_HUFF_BAD_CODE, JWRN_MUST_RESYNC, JWRN_JPEG_EOF, ...). It prints the first
+# warning of each image to stderr and decodes on.
+_LIBJPEG_CORRUPT = ("Corrupt JPEG data", "Premature end of JPEG file")
+
+
+@contextlib.contextmanager
+def _native_stderr():
+    """Collects what native code writes to file descriptor 2 inside the block.
+
+    Yields a list that holds, after the block, the libjpeg corruption warnings
+    written meanwhile (every other line is passed on to the real stderr).
+    """
+    warnings: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield warnings
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            other = []
+            for line in sink.read().decode("utf-8", "replace").splitlines(keepends=True):
+                (warnings if line.startswith(_LIBJPEG_CORRUPT) else other).append(line)
+            if other:
+                os.write(2, "".join(other).encode("utf-8"))
+
+
+def _is_jpeg(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(3) == b"\xff\xd8\xff"
+
+
+def jpeg_corruption(path: str) -> str | None:
+    """libjpeg's warning when the JPEG at `path` holds damaged data, else None
+    (also None for a file that is not a JPEG)."""
+    tf = import_tf()
+
+    if not _is_jpeg(path):
+        return None
+    with _native_stderr() as warnings:
+        try:
+            tf.io.decode_jpeg(tf.io.read_file(path), channels=3).numpy()
+        except tf.errors.InvalidArgumentError as e:
+            return e.message.splitlines()[0]
+    return warnings[0].strip() if warnings else None
+
+
 def decode_image_file(path: str, out_hw: tuple[int, int]) -> np.ndarray:
-    """One file -> [h, w, 3] uint8 NumPy array. Raises ValueError if unreadable."""
+    """One file -> [h, w, 3] uint8 NumPy array. Raises ValueError if unreadable
+    (also for a JPEG with damaged data)."""
     tf = import_tf()
 
     try:
-        return _decode_resize(tf.io.read_file(path), out_hw).numpy()
+        with _native_stderr() as warnings:
+            image = _decode_resize(tf.io.read_file(path), out_hw).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
         raise ValueError(f"cannot read image {path}: {e.message.splitlines()[0]}") from None
+    if warnings:
+        raise ValueError(f"cannot read image {path}: {warnings[0].strip()}")
+    return image
 
 
 @dataclasses.dataclass
@@ -282,9 +348,15 @@ def preprocess_images(
         )
         # Decode errors drop the element; the carried index tells which failed.
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
-        for index, image in ds.batch(64).as_numpy_iterator():
-            images[index] = image
-            ok[index] = True
+        with _native_stderr() as warnings:
+            for index, image in ds.batch(64).as_numpy_iterator():
+                images[index] = image
+                ok[index] = True
+        if warnings:  # some JPEG decoded from damaged data: find which, one by one
+            for i in present:
+                if ok[i] and jpeg_corruption(paths[i]) is not None:
+                    ok[i] = False
+                    images[i] = 0
     report.corrupt_ids = [ids[i] for i in present if not ok[i]]
 
     failed = np.flatnonzero(~ok)

@@ -37,7 +37,6 @@ TFDS builds.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -47,141 +46,16 @@ import numpy as np
 
 from data_pipeline import images as images_lib
 from data_pipeline.config import validate_data_config
-from data_pipeline.feature_cache import FeatureCache
 from data_pipeline.prefetch import Prefetch
+from data_pipeline.prepare import (PreparedSplit, attach_images, prepare_in_memory,  # noqa: F401 (re-exported)
+                                   read_split_examples, text_features)
 
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class PreparedSplit:
-    """One split, fully in host memory.
-
-    Attributes:
-      split: 'train' | 'dev' | 'test'.
-      kind: 'absa' (MATE+MASC features) or 'relation' (TRC).
-      arrays: feature arrays, each [N, ...] int32 (see data_pipeline.features).
-      examples: the N kept canonical examples, row-aligned with arrays.
-      features: the FeatureSet (absa; host metadata for decoding and
-        metrics), None for TRC.
-      image_ids: [N] image file name of each example.
-      images: [U, h, w, 3] uint8 distinct images (224x224 crops, or the
-        resized sources in 'random' crop mode), None when off.
-      image_index: [N] int32 row of `images` (or of `image_features`) per example.
-      image_ok: [N] int32, 1 where the example's real image was used.
-      image_report: what happened to the images (None when off).
-      image_features: a FeatureCache, when data.feature_cache is set.
-      crop: 'fixed' | 'center' | 'random' | 'none' (how `images` are stored).
-      crop_size: side of the crop taken at batch time in 'random' mode.
-      source: 'memory' or 'tfds'.
-    """
-
-    split: str
-    kind: str
-    arrays: dict[str, np.ndarray]
-    examples: list
-    features: Any
-    image_ids: list[str]
-    images: np.ndarray | None = None
-    image_index: np.ndarray | None = None
-    image_ok: np.ndarray | None = None
-    image_report: images_lib.ImageReport | None = None
-    image_features: FeatureCache | None = None
-    crop: str = "none"
-    crop_size: int = 224
-    source: str = "memory"
-
-    @property
-    def num_examples(self) -> int:
-        return int(next(iter(self.arrays.values())).shape[0])
-
-
 # --------------------------------------------------------------------------- loading
 
-
-def _split_file(data_config, split: str) -> str:
-    key = f"{split}_file"
-    if key not in data_config:
-        raise ValueError(f"unknown split {split!r}: expected 'train', 'dev' or 'test'")
-    path = data_config[key]
-    if path is None:
-        raise ValueError(f"data.{key} is not set, so split {split!r} cannot be loaded")
-    return path
-
-
-def read_split_examples(data_config, split: str) -> list:
-    """Canonical examples of one split.
-
-    TRC (§2.3): without data.test_file, 'train' and 'test' are the seeded
-    80/20 split of data.train_file (readers.split_trc, sklearn's algorithm).
-    """
-    from data_pipeline import readers
-
-    fmt = data_config.format
-    if data_config.name == "trc":
-        fmt = "trc" if fmt == "auto" else fmt  # TRC JSON cannot be told from its suffix.
-        if data_config.test_file is None:
-            if split not in ("train", "test"):
-                raise ValueError(f"TRC has splits 'train' and 'test' (seeded split of data.train_file), not {split!r}")
-            examples = readers.read_examples(_split_file(data_config, "train"), format=fmt)
-            train, test = readers.split_trc(examples, data_config.trc_test_fraction, data_config.trc_split_seed)
-            return train if split == "train" else test
-    return list(readers.read_examples(_split_file(data_config, split), format=fmt))
-
-
-def text_features(data_config, split: str):
-    """(kind, arrays, kept examples, FeatureSet or None) for one split."""
-    from data_pipeline import features as features_lib
-    from data_pipeline import tokenizer as tokenizer_lib
-
-    if data_config.vocab_file is None:
-        raise ValueError("data.vocab_file is not set")
-    examples = read_split_examples(data_config, split)
-    tok = tokenizer_lib.load_tokenizer(data_config.vocab_file)
-    if data_config.name == "trc":
-        arrays = features_lib.convert_relation_examples(examples, tok, data_config.max_seq_length)
-        kept = [examples[int(i)] for i in arrays["example_index"]]
-        return "relation", dict(arrays), kept, None
-    fc = features_lib.FeatureConfig(max_seq_length=data_config.max_seq_length, max_spans=data_config.max_spans)
-    fs = features_lib.convert_examples(examples, tok, fc)
-    return "absa", dict(fs.arrays), list(fs.examples), fs
-
-
-def prepare_in_memory(data_config, split: str) -> PreparedSplit:
-    """Reads, tokenizes and preprocesses the images of one split, no TFDS."""
-    validate_data_config(data_config)
-    kind, arrays, kept, fs = text_features(data_config, split)
-    ids = [e.image_id for e in kept]
-    prepared = PreparedSplit(split, kind, arrays, kept, fs, ids, image_ok=np.zeros(len(ids), np.int32))
-    attach_images(data_config, prepared)
-    return prepared
-
-
-def attach_images(data_config, prepared: PreparedSplit) -> None:
-    """Fills the image fields from the feature cache, the image folder, or nothing."""
-    ids = prepared.image_ids
-    if data_config.feature_cache is not None:
-        cache = FeatureCache.load(data_config.feature_cache)
-        rows, found = cache.rows(ids)
-        missing = sorted({i for i, f in zip(ids, found) if not f})
-        report = images_lib.ImageReport(num_images=len(set(ids)), missing_ids=missing)
-        report.log()
-        prepared.image_features, prepared.image_index = cache, rows
-        prepared.image_ok, prepared.image_report = found.astype(np.int32), report
-        return
-    if data_config.image_dir is None:
-        logger.info("image stream off: text-only run (%s %s)", data_config.name, prepared.split)
-        return
-    settings = images_lib.ImageSettings.from_config(data_config, relation=prepared.kind == "relation")
-    distinct = list(dict.fromkeys(ids))
-    row_of = {image_id: u for u, image_id in enumerate(distinct)}
-    images, ok, report = images_lib.preprocess_images(
-        data_config.image_dir, distinct, settings, data_config.fallback_image
-    )
-    prepared.images, prepared.image_report = images, report
-    prepared.image_index = np.array([row_of[i] for i in ids], np.int32)
-    prepared.image_ok = ok[prepared.image_index].astype(np.int32)
-    prepared.crop, prepared.crop_size = settings.crop, settings.crop_size
+logger = logging.getLogger(__name__)
 
 
 def load_split(data_config, split: str) -> PreparedSplit:
@@ -208,17 +82,16 @@ def load_split(data_config, split: str) -> PreparedSplit:
     return prepare_in_memory(data_config, split)
 
 
+
 # --------------------------------------------------------------------------- batches
 
 
 def _assemble(data_config, split: PreparedSplit, rows: np.ndarray, crop_fn: Callable | None) -> dict:
     """Batch of the given example rows: every feature array, 'image_ok' and
-    'image' [b, s, s, 3] (uint8, or float32 normalised) or 'image_features'."""
+    'image' [b, s, s, 3] (uint8, or float32 normalised) when images are on."""
     batch = {k: v[rows] for k, v in split.arrays.items()}
     batch["image_ok"] = split.image_ok[rows]
-    if split.image_features is not None:
-        batch["image_features"] = split.image_features.gather(split.image_index[rows])
-    elif split.images is not None:
+    if split.images is not None:
         sources = split.image_index[rows]
         if crop_fn is None:
             image = split.images[sources]
@@ -354,7 +227,7 @@ def make_train_iter(
     Yields:
       dict of NumPy arrays with leading dim global_batch_size // process_count:
       every feature array, 'image_ok' [b] int32, and 'image' [b, 224, 224, 3]
-      (or 'image_features' [b, 49, 2048] float16) when images are on.
+      when images are on.
     """
     seed = data_config.shuffle_seed if seed is None else seed
     stream = TrainStream(data_config, split_data, global_batch_size=global_batch_size,

@@ -121,6 +121,53 @@ def test_unreadable_fallback_image_is_a_clear_error(image_dir):
         im.preprocess_images(str(folder), [MISSING], _settings("fixed"), fallback_image=CORRUPT)
 
 
+def _damaged_jpegs(folder, progressive):
+    """A good JPEG and a copy whose middle 64 bytes are garbage (libjpeg decodes
+    the copy with a 'Corrupt JPEG data' warning and no error)."""
+    import io
+
+    rng = np.random.default_rng(7)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(
+        buffer, "JPEG", quality=90, progressive=progressive)
+    data = bytearray(buffer.getvalue())
+    good, bad = f"good_{progressive}.jpg", f"garbled_{progressive}.jpg"
+    (folder / good).write_bytes(bytes(data))
+    middle = len(data) // 2
+    # No 0xff byte in the garbage: no false marker, so libjpeg decodes every row, only warns.
+    data[middle:middle + 64] = rng.integers(0, 255, 64, dtype=np.uint8).tobytes()
+    (folder / bad).write_bytes(bytes(data))
+    return good, bad
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_with_garbage_in_the_middle_is_unreadable(tmp_path, progressive, caplog):
+    good, bad = _damaged_jpegs(tmp_path, progressive)
+    tf = im.import_tf()
+    assert tf.io.decode_jpeg(tf.io.read_file(str(tmp_path / bad))).shape == (120, 160, 3)  # TF alone: no error
+    with caplog.at_level("WARNING", logger="data_pipeline.images"):
+        images, ok, report = im.preprocess_images(str(tmp_path), [good, bad, "i.png"], _settings("center"))
+    np.testing.assert_array_equal(ok, [True, False, False])
+    assert report.corrupt_ids == [bad] and report.missing_ids == ["i.png"] and report.num_replaced == 2
+    assert images[0].any() and not images[1].any()
+    assert bad in caplog.text
+    assert im.jpeg_corruption(str(tmp_path / bad)).startswith("Corrupt JPEG data")
+    assert im.jpeg_corruption(str(tmp_path / good)) is None
+    with pytest.raises(ValueError, match=rf"cannot read image .*{bad}: Corrupt JPEG data"):
+        im.decode_image_file(str(tmp_path / bad), SOURCE_HW)
+    # With a fallback image, the damaged JPEG is replaced and counted like any unreadable one.
+    _, ok, report = im.preprocess_images(str(tmp_path), [bad, good], _settings("fixed"), fallback_image=good)
+    np.testing.assert_array_equal(ok, [False, True])
+    assert report.corrupt_ids == [bad] and report.fallback == str(tmp_path / good)
+
+
+def test_other_native_stderr_output_is_passed_on(capfd):
+    with im._native_stderr() as warnings:
+        os.write(2, b"Corrupt JPEG data: 3 extraneous bytes before marker 0xd9\nsomething else\n")
+    assert warnings == ["Corrupt JPEG data: 3 extraneous bytes before marker 0xd9\n"]
+    assert capfd.readouterr().err == "something else\n"
+
+
 def test_normalize_matches_the_numpy_formula():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)

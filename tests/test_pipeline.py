@@ -1,6 +1,10 @@
-"""Per-process batch iterators, load_split, the feature cache (data_pipeline/pipeline.py)."""
+"""Per-process batch iterators and load_split (data_pipeline/pipeline.py, data_pipeline/prepare.py)."""
 
+import json
 import logging
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +12,7 @@ import pytest
 from data_pipeline import images as im
 from data_pipeline import pipeline
 from data_pipeline.config import default_data_config
-from data_pipeline.feature_cache import FeatureCache, write_feature_cache
+from data_pipeline.readers import DataFormatError
 from tiny_dataset import CORRUPT, MISSING, data_config, write_tiny_dataset
 
 
@@ -158,34 +162,6 @@ def test_batch_assembly_is_fast():
     assert result["examples_per_s"] > 1000, result
 
 
-# --------------------------------------------------------------------------- feature cache
-
-
-def test_feature_cache_round_trips(tmp_path):
-    ids = ["a.jpg", "b.jpg", "c.png"]
-    feats = np.random.default_rng(0).normal(size=(3, 49, 16)).astype(np.float32)
-    write_feature_cache(str(tmp_path / "cache"), ids, feats)
-    cache = FeatureCache.load(str(tmp_path / "cache"))
-    assert len(cache) == 3 and "b.jpg" in cache and cache.features.dtype == np.float16
-    np.testing.assert_array_equal(cache.features, feats.astype(np.float16))
-    rows, found = cache.rows(["c.png", "zzz.jpg", "a.jpg"])
-    np.testing.assert_array_equal(found, [True, False, True])
-    got = cache.gather(rows)
-    np.testing.assert_array_equal(got[0], feats[2].astype(np.float16))
-    assert not got[1].any()
-
-
-def test_feature_cache_rejects_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="not distinct"):
-        write_feature_cache(str(tmp_path / "c"), ["a", "a"], np.zeros((2, 49, 4)))
-    with pytest.raises(ValueError, match="shape"):
-        write_feature_cache(str(tmp_path / "c"), ["a"], np.zeros((2, 49, 4)))
-    with pytest.raises(ValueError, match="inf/nan"):
-        write_feature_cache(str(tmp_path / "c"), ["a"], np.full((1, 49, 4), 1e6))
-    with pytest.raises(FileNotFoundError, match="index.json"):
-        FeatureCache.load(str(tmp_path / "nothing"))
-
-
 # --------------------------------------------------------------------------- load_split
 
 
@@ -196,11 +172,12 @@ def tiny(tmp_path_factory):
 
 def test_text_only_run_has_no_image_key_and_says_so(tiny, caplog):
     cfg = data_config(tiny, image_dir=None, prefetch=0)
-    with caplog.at_level(logging.INFO, logger="data_pipeline.pipeline"):
+    with caplog.at_level(logging.INFO, logger="data_pipeline.prepare"):
         split = pipeline.load_split(cfg, "dev")
     assert "image stream off: text-only run" in caplog.text
     batch = next(pipeline.make_train_iter(cfg, split, global_batch_size=2, process_index=0, process_count=1, seed=0))
     assert "image" not in batch and "image_features" not in batch
+    assert split.data_counts["images_used"] is False and split.data_counts["image_fallbacks"] == 0
     np.testing.assert_array_equal(batch["image_ok"], 0)
     assert batch["input_ids"].shape == (2, 96) and batch["span_starts"].shape == (2, 20)
 
@@ -220,22 +197,6 @@ def test_load_split_with_images_flags_corrupt_and_missing(tiny):
     assert all(b["image"].shape == (4, 224, 224, 3) for b in batches)
 
 
-def test_load_split_with_feature_cache(tiny, tmp_path):
-    cfg = data_config(tiny, prefetch=0, feature_cache=str(tmp_path / "fc"))
-    ids = ["i0.jpg", "i1.png", "i2.gif"]
-    feats = np.random.default_rng(0).normal(size=(3, 49, 8))
-    write_feature_cache(cfg.feature_cache, ids, feats)
-    split = pipeline.load_split(cfg, "train")
-    batch = next(pipeline.make_eval_iter(cfg, split, global_batch_size=4, process_index=0, process_count=1))
-    assert "image" not in batch and batch["image_features"].shape == (4, 49, 8)
-    for row, image_id in enumerate(split.image_ids[:4]):
-        if image_id in ids:
-            np.testing.assert_array_equal(batch["image_features"][row], feats[ids.index(image_id)].astype(np.float16))
-            assert batch["image_ok"][row] == 1
-        else:
-            assert not batch["image_features"][row].any() and batch["image_ok"][row] == 0
-
-
 def test_trc_split_is_seeded_disjoint_and_resized_straight(tiny):
     cfg = data_config(tiny, name="trc", train_file=tiny["trc_file"], dev_file=None, prefetch=0)
     train, test = pipeline.load_split(cfg, "train"), pipeline.load_split(cfg, "test")
@@ -248,6 +209,93 @@ def test_trc_split_is_seeded_disjoint_and_resized_straight(tiny):
     assert set(batch) == {"input_ids", "input_mask", "segment_ids", "labels", "example_index", "image", "image_ok"}
     with pytest.raises(ValueError, match="'train' and 'test'"):
         pipeline.load_split(cfg, "dev")
+
+
+def test_data_counts_name_image_fallbacks(tiny):
+    split = pipeline.load_split(data_config(tiny, prefetch=0), "train")
+    counts = split.data_counts
+    assert counts["split"] == "train" and counts["examples"] == split.num_examples and counts["images_used"]
+    assert (counts["image_fallbacks"], counts["images_missing"], counts["images_unreadable"]) == (2, 1, 1)
+    assert counts["examples_with_image_fallback"] == int(np.isin(split.image_ids, [MISSING, CORRUPT]).sum()) > 0
+    assert counts["gold_aspects_truncated"] == counts["sentences_with_truncated_aspects"] == 0
+    json.dumps(counts)  # plain values, ready to be written into a work directory
+
+
+def test_data_counts_name_gold_aspects_cut_by_truncation(tiny, tmp_path):
+    words = ["tok"] * 12
+    records = [
+        {"words": words, "image_id": "a.jpg", "aspects": [{"from": 0, "to": 1, "polarity": "POS"},
+                                                          {"from": 9, "to": 10, "polarity": "NEG"},
+                                                          {"from": 11, "to": 12, "polarity": "NEU"}]},
+        {"words": words, "image_id": "b.jpg", "aspects": [{"from": 10, "to": 12, "polarity": "POS"}]},
+        {"words": words[:3], "image_id": "c.jpg", "aspects": [{"from": 2, "to": 3, "polarity": "NEU"}]},
+    ]
+    (tmp_path / "dev.json").write_text(json.dumps(records))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "tok"]) + "\n")
+    cfg = data_config(tiny, image_dir=None, dev_file=str(tmp_path / "dev.json"), vocab_file=str(vocab),
+                      max_seq_length=10)  # 8 pieces kept: words 8.. are cut
+    counts = pipeline.load_split(cfg, "dev").data_counts
+    assert counts["examples"] == 2  # the second sentence lost its only aspect
+    assert counts["gold_aspects_truncated"] == 3
+    assert counts["sentences_with_truncated_aspects"] == 2 and counts["sentences_dropped_no_gold"] == 1
+
+
+@pytest.mark.parametrize("text", ["", "[]", "  \n"])
+def test_an_empty_split_file_is_refused_naming_field_split_and_file(tiny, tmp_path, text):
+    (tmp_path / "dev.json").write_text(text)
+    cfg = data_config(tiny, image_dir=None, dev_file=str(tmp_path / "dev.json"))
+    with pytest.raises(DataFormatError, match=r"data.dev_file \(split 'dev'\): .*dev.json: no examples"):
+        pipeline.load_split(cfg, "dev")
+
+
+def test_a_split_left_without_sentences_is_refused(tiny, tmp_path):
+    # Readable, but no sentence has an aspect: the features would be empty (§1.2).
+    (tmp_path / "dev.json").write_text(json.dumps([{"words": ["a"], "image_id": "x.jpg", "aspects": []}]))
+    cfg = data_config(tiny, image_dir=None, dev_file=str(tmp_path / "dev.json"))
+    with pytest.raises(ValueError, match=r"split 'dev' \(data.dev_file=.*dev.json\) has no usable sentence: "
+                                         r"all 1 were dropped .*dropped_no_aspect"):
+        pipeline.load_split(cfg, "dev")
+
+
+def test_trc_csv_is_read_by_load_split(tiny, tmp_path):
+    header = '"tweet_id","user_id","tweet","text_is_represented","image_adds"'
+    rows = [f'"{i}","9","tweet number {i} https://t.co/{i}","{i % 2}","{(i // 2) % 2}"' for i in range(10)]
+    (tmp_path / "trc.csv").write_text("\n".join([header, *rows]) + "\n")
+    cfg = data_config(tiny, name="trc", train_file=str(tmp_path / "trc.csv"), dev_file=None, image_dir=None)
+    train, test = pipeline.load_split(cfg, "train"), pipeline.load_split(cfg, "test")
+    assert (train.num_examples, test.num_examples) == (8, 2)
+    assert {e.image_id for e in train.examples + test.examples} == {f"T{i}.jpg" for i in range(10)}
+    assert all(e.words[-1].isdigit() for e in train.examples)  # the link is cut (§2.3)
+    cfg.trc_full_text = True
+    assert pipeline.load_split(cfg, "train").examples[0].words[-1].startswith("https://")
+
+
+def _imports(path):
+    """Every data_pipeline module a file imports, also inside functions."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in found if m.startswith("data_pipeline")}
+
+
+def test_the_builders_do_not_import_the_pipeline_module():
+    """pipeline.load_split uses the builders; the builders take what they need
+    from data_pipeline.prepare, so there is no import cycle between them."""
+    root = pathlib.Path(pipeline.__file__).parent
+    for path in sorted((root / "builders").rglob("*.py")):
+        assert "data_pipeline.pipeline" not in _imports(path), path
+    assert "data_pipeline.pipeline" not in _imports(root / "prepare.py")
+    assert "data_pipeline.builders" in _imports(root / "pipeline.py")
+    code = "import sys, data_pipeline.builders.common; print('data_pipeline.pipeline' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_unset_split_file_is_a_clear_error(tiny):

@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from data_pipeline import prepare
+
 logger = logging.getLogger(__name__)
 
 # Bump when the stored layout changes; old builds are then refused.
@@ -52,8 +54,8 @@ def is_relation(data_config) -> bool:
 
 
 def has_images(data_config) -> bool:
-    """Builds store pixels only when an image folder is given and no feature cache replaces them."""
-    return data_config.image_dir is not None and data_config.feature_cache is None
+    """Builds store pixels only when an image folder is given."""
+    return data_config.image_dir is not None
 
 
 def builder_config_name(data_config) -> str:
@@ -86,6 +88,7 @@ def build_params(data_config) -> dict:
     }
     if is_relation(c):
         params["trc_split"] = [float(c.trc_test_fraction), int(c.trc_split_seed)]
+        params["trc_full_text"] = bool(c.trc_full_text)
     else:
         params["max_spans"] = int(c.max_spans)
     if has_images(c):
@@ -138,13 +141,10 @@ def features_dict(data_config):
 
 def generate_split(builder, data_config, split: str):
     """Yields (row, example) of one split, prepared by the in-memory path."""
-    from data_pipeline import pipeline
-
     cfg = copy.deepcopy(data_config)
     with cfg.unlocked():
-        cfg.feature_cache = None
         cfg.prepared_dir = None
-    prepared = pipeline.prepare_in_memory(cfg, split)
+    prepared = prepare.prepare_in_memory(cfg, split)
     table = RELATION_ARRAYS if is_relation(cfg) else ABSA_ARRAYS
     unexpected = sorted(set(prepared.arrays) - set(table))
     missing = sorted(set(table) - set(prepared.arrays))
@@ -207,7 +207,6 @@ def load_prepared(data_config, split: str):
     metadata (FeatureSet) and must equal the stored arrays, which catches a
     build made by an older feature conversion.
     """
-    from data_pipeline import pipeline
     from data_pipeline.images import ImageReport
 
     builder = make_builder(data_config)
@@ -223,7 +222,7 @@ def load_prepared(data_config, split: str):
     order = np.argsort(stored.pop("row"), kind="stable")
     stored = {k: v[order] for k, v in stored.items()}
 
-    kind, arrays, kept, fs = pipeline.text_features(data_config, split)
+    kind, arrays, kept, fs = prepare.text_features(data_config, split)
     ids = [e.example_id for e in kept]
     if [b.decode() for b in stored["example_id"]] != ids:
         raise PreparedDataMismatchError(
@@ -234,7 +233,7 @@ def load_prepared(data_config, split: str):
             raise PreparedDataMismatchError(
                 f"{where} [{split}]: stored '{k}' differs from the current feature conversion; rebuild"
             )
-    prepared = pipeline.PreparedSplit(
+    prepared = prepare.PreparedSplit(
         split, kind, {k: stored[k] for k in arrays}, kept, fs,
         [b.decode() for b in stored["image_id"]], image_ok=stored["image_ok"].astype(np.int32), source="tfds",
     )
@@ -250,5 +249,5 @@ def load_prepared(data_config, split: str):
         if prepared.image_report is not None:
             prepared.image_report.log()
     else:
-        pipeline.attach_images(data_config, prepared)  # feature cache or text-only
+        prepare.attach_images(data_config, prepared)  # text-only
     return prepared
