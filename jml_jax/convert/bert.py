@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jml_jax.convert.common import flatten_tree, strict_merge
+from jml_jax.convert.common import flatten_tree, read_safetensors, strict_merge, torch_load
 from jml_jax.models.bert import BertConfig
 
 log = logging.getLogger(__name__)
@@ -229,17 +229,9 @@ def read_state_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     read as float32 (fp16/bf16 checkpoints are upcast)."""
     path = pathlib.Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        return load_file(str(path))
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(
-            f"reading {path} needs torch (pip install torch); or convert it to "
-            ".safetensors first"
-        ) from None
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        return read_safetensors(path)
+    obj = torch_load(path)
+    import torch
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]

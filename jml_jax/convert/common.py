@@ -105,3 +105,66 @@ def strict_merge(
         target = dtype if dtype is not None else getattr(leaf, "dtype", None)
         out[k] = np.asarray(provided[k], dtype=target)
     return unflatten_tree(out)
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file cannot be read; the message names the file."""
+
+
+def _torch_reason(error: BaseException) -> str:
+    """The useful part of a torch.load error, without PyTorch's advice to load
+    untrusted pickles (a file this project reads must hold plain tensors)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+        text = text.split("Check the documentation of torch.load", 1)[0]
+        text = text.split(" Please use `torch.serialization", 1)[0]
+        return "it holds something other than tensors and plain containers, or is not a PyTorch file: " + \
+            " ".join(text.split())
+    return " ".join(text.split())[:300] or type(error).__name__
+
+
+def read_safetensors(path) -> dict[str, np.ndarray]:
+    """``{key: np.ndarray}`` of a .safetensors file (NumPy only).
+
+    Raises CheckpointReadError naming the file (truncated, not safetensors).
+    """
+    from safetensors.numpy import load_file
+
+    try:
+        return dict(load_file(str(path)))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise CheckpointReadError(f"{path}: not a readable .safetensors file ({e})") from None
+
+
+def torch_load(path, *, weights_only: bool = True):
+    """torch.load on CPU; raises CheckpointReadError naming the file instead of
+    torch's error (which does not name it and may advise unsafe loading)."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"reading {path} needs torch (pip install torch); or convert it to "
+                          ".safetensors first") from None
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=weights_only)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
+        raise CheckpointReadError(f"{path}: cannot read this PyTorch file ({_torch_reason(e)})") from None
+
+
+def load_npz(path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file; raises CheckpointReadError naming the file."""
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # BadZipFile, ValueError, EOFError, ...
+        raise CheckpointReadError(f"{path}: not a readable .npz file ({e})") from None
+

@@ -26,7 +26,7 @@ import numpy as np
 
 from jml_jax.convert import bert as bert_convert
 from jml_jax.convert import resnet as resnet_convert
-from jml_jax.convert.common import flatten_tree, strict_merge
+from jml_jax.convert.common import flatten_tree, load_npz, strict_merge, torch_load
 
 MHA_NAMES = ("imgLa2text", "res2span", "img2txt", "txt2img", "txt2txt", "img2img")
 # original key prefix -> our params path, for plain Linear layers.
@@ -170,14 +170,9 @@ def load_original_state(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray]
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".npz":
-        with np.load(path) as data:
-            state = {k: data[k] for k in data.files if "/" not in k}
+        state = {k: v for k, v in load_npz(path).items() if "/" not in k}
     else:
-        try:
-            import torch
-        except ImportError as err:  # pragma: no cover - depends on the install
-            raise ImportError(f"reading {path} needs PyTorch: pip install torch") from err
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch_load(path)  # a dict of state dicts, optimizer state and ints: plain data
         if isinstance(obj, Mapping) and "model" in obj:
             obj = obj["model"]
         elif isinstance(obj, Mapping) and "model_rel" in obj:

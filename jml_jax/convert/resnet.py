@@ -40,7 +40,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jml_jax.convert.common import flatten_tree, strict_merge
+from jml_jax.convert.common import flatten_tree, read_safetensors, strict_merge, torch_load
 
 log = logging.getLogger(__name__)
 
@@ -368,13 +368,9 @@ def flat_to_torchvision_state(
 
 def _read_tensors(path: pathlib.Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        return dict(load_file(str(path)))
+        return read_safetensors(path)
     if path.suffix in (".pth", ".pt", ".bin", ".tar"):
-        import torch  # lazily: only .pth-style files need it
-
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch_load(path)  # torch is imported lazily: only .pth-style files need it
         # Training checkpoints wrap the weights ({'state_dict': ...}).
         for wrapper in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
