@@ -78,6 +78,9 @@ def decode_config() -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    # 'joint' (stage two: MATE + MASC) or 'relation' (stage one on TRC);
+    # jml_jax/tasks.py. One loop trains both: python -m launch.train.
+    c.task = "joint"
     c.model = model_config()
     c.data = default_data_config()
     c.optimizer = optimizer_config()

@@ -1,6 +1,6 @@
 """Stage one: the text-image relation module trained on TRC (original-jml-code.md §2.3-§2.4).
 
-    python -m launch.train_relation --config=configs/trc_relation.py --workdir=workdirs/trc_relation
+    python -m launch.train --config=configs/trc_relation.py --workdir=workdirs/trc_relation
 
 writes ``workdirs/trc_relation/relation`` (the last epoch's relation module,
 what the original hands to the joint model, §2.4) and ``relation_best`` (the
@@ -42,7 +42,7 @@ Variants through the config argument, comma-separated
 
 Real TRC text (no images) offline::
 
-    python -m launch.train_relation --config=configs/trc_relation.py:text_only,minilm \
+    python -m launch.train --config=configs/trc_relation.py:text_only,minilm \
         --config.data.train_file=$JML_DATA_ROOT/trc/trc.json --workdir=workdirs/trc_text
 """
 
@@ -101,7 +101,11 @@ def get_config(arg: str | None = None):
     c.eval_batch_size = 32
     c.num_epochs = 10
     c.seed = 42
+    c.task = "relation"
     c.eval_splits = ("test",)
+    # Scored at the end of every epoch, from the first (§2.4).
+    c.eval_per_epoch = 1
+    c.eval_start_fraction = 0.0
     # Best-epoch selection for relation_best only (workdir/relation is always
     # the last epoch). None = keep no relation_best.
     c.select_split = "test"

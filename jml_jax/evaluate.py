@@ -1,6 +1,7 @@
-"""Evaluation: jitted extraction -> host decoding -> jitted classification -> metrics.
+"""Evaluation of both stages: evaluators, restoring a run, scoring a checkpoint, threshold sweeps.
 
-As the original (§6, §7): the MATE logits of a batch are decoded on the host
+Joint model (`Evaluator`): jitted extraction -> host decoding -> jitted
+classification -> metrics. As the original (§6, §7): the MATE logits of a batch are decoded on the host
 into at most 10 spans per sentence, those spans are classified from the stored
 token representation S and gated image features, and the predictions are
 scored with every metric of jml_jax/metrics.py. MASC is also run on the gold
@@ -11,6 +12,14 @@ An evaluation split is anything that provides padded batches (with ``mask``
 features (tokens, words, gold aspects). Outputs are gathered to every process
 (`replicated`), so each process decodes the whole global batch and all
 processes compute identical metrics.
+
+Relation module (`RelationEvaluator`): a jitted forward over the split ->
+`jml_jax.metrics.relation_metrics`.
+
+`evaluate_checkpoint` and `sweep_thresholds` restore a run's checkpoint into
+this machine's mesh (whatever mesh wrote it) and score splits with the task's
+evaluator; `validate_eval_setup` checks the selection metric and batch sizes
+before training starts, not at the first evaluation.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import dataclasses
 import json
 import logging
 import pathlib
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import numpy as np
@@ -28,6 +37,7 @@ from jml_jax import decode as decode_lib
 from jml_jax import metrics as metrics_lib
 from jml_jax.models.jml import JMLModel
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local, process_batch_rows, replicated
+from jml_jax.steps import make_eval_step
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +50,27 @@ class EvalSplit:
 
     Attributes:
       name: 'dev', 'test', ...
-      make_iter: () -> iterator of per-process padded batches (dict of NumPy:
-        input_ids, input_mask, span_starts, span_ends, span_mask, image?,
-        mask [b], row [b]).
-      features: the split's host-side FeatureSet (arrays, examples, tokens).
+      make_iter: () -> iterator of per-process padded batches (dict of NumPy
+        with mask [b] (1 = real row) and row [b] (the row's index into the
+        split); joint: input_ids, input_mask, span_starts, span_ends,
+        span_mask, image?; relation: input_ids, input_mask, labels, image?).
+      features: the joint split's host-side FeatureSet (arrays, examples,
+        tokens); None for a relation split.
+      num_examples: N, the number of real rows (default: len(features.examples)).
+      source: the annotation file, named in errors.
     """
 
     name: str
     make_iter: Callable[[], Iterable[dict]]
-    features: Any
+    features: Any = None
+    num_examples: int | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        if self.num_examples is None:
+            if self.features is None:
+                raise ValueError(f"eval split {self.name!r}: give features or num_examples")
+            self.num_examples = len(self.features.examples)
 
 
 def _variables(params, batch_stats):
@@ -235,3 +257,173 @@ def write_predictions(path: str | pathlib.Path, split: EvalSplit, pred: dict) ->
             if "relation_probs" in pred:
                 record["p_text_represented"], record["p_image_adds"] = map(float, pred["relation_probs"][r])
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------- relation module
+
+
+class RelationEvaluator:
+    """Jitted forward of the relation module over a split -> `metrics.relation_metrics`."""
+
+    def __init__(self, task, mesh, state_shardings, rules=None):
+        self.mesh = mesh
+        model = task.model
+        self._keys = task.eval_keys
+
+        def forward(params, batch_stats, batch):
+            variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+            logits = model.apply(variables, batch["input_ids"], batch["input_mask"], task.images(batch),
+                                 deterministic=True, train=False)
+            return {"logits": logits, "labels": batch["labels"], "mask": batch["mask"], "row": batch["row"]}
+
+        self._step = make_eval_step(forward, state_shardings, batch_sharding(mesh), rules=rules)
+
+    def predict(self, state, split: EvalSplit) -> tuple[np.ndarray, np.ndarray]:
+        """(logits [N, 2, 2], labels [N, 2]) in row order; every row exactly once."""
+        n = split.num_examples
+        logits = np.zeros((n, 2, 2), np.float32)
+        labels = np.zeros((n, 2), np.int32)
+        seen = np.zeros(n, bool)
+        batches = split.make_iter()
+        try:
+            for batch in batches:
+                keys = self._keys + (("image",) if "image" in batch else ())
+                out = jax.device_get(self._step(state, global_batch_from_process_local(
+                    {k: batch[k] for k in keys}, self.mesh)))
+                real = out["mask"] > 0
+                rows = out["row"][real]
+                logits[rows], labels[rows] = out["logits"][real], out["labels"][real]
+                seen[rows] = True
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()
+        if not seen.all():
+            raise RuntimeError(f"split {split.name!r}: {int((~seen).sum())} of {n} rows were never evaluated")
+        return logits, labels
+
+    def evaluate(self, state, split: EvalSplit) -> tuple[dict[str, float], dict]:
+        logits, labels = self.predict(state, split)
+        return metrics_lib.relation_metrics(logits, labels), {"logits": logits, "labels": labels}
+
+
+# --------------------------------------------------------------------------- set-up checks
+
+
+def decode_config_from(config) -> decode_lib.DecodeConfig:
+    d = config.decode
+    return decode_lib.DecodeConfig(
+        n_best_size=d.n_best_size, max_answer_length=d.max_answer_length,
+        logit_threshold=d.logit_threshold, max_spans=d.max_spans,
+    )
+
+
+def metric_names(task_name: str) -> list[str]:
+    """Every metric an evaluation of ``task_name`` reports (computed from a
+    one-sentence case, so the list cannot drift from the metric code)."""
+    if task_name == "relation":
+        names = metrics_lib.relation_metrics(np.zeros((1, 2, 2)), np.zeros((1, 2), int))
+    else:
+        names = metrics_lib.evaluate_predictions(
+            np.zeros((1, 1), np.int32), np.zeros((1, 1), np.int32), np.zeros((1, 1), np.int32), [[]],
+            np.zeros((1, 1), np.int32), np.zeros((1, 2), np.int32), [[(0, 0, "positive")]], [["w"]],
+            gold_span_polarity_ids=[[0]])
+        names = {**names, "relation/text_represented_frac": 0.0, "relation/image_adds_frac": 0.0}
+    return sorted(names)
+
+
+def validate_eval_setup(config, task, eval_splits: Mapping[str, EvalSplit], mesh) -> None:
+    """Fails at start-up, naming the config field, on what would otherwise
+    fail only at the first evaluation (after training): an unknown select
+    split or metric, an eval batch that does not divide over the devices, a
+    gradient accumulation that does not divide the batch."""
+    select_split = config.get("select_split")
+    if select_split:
+        if select_split not in eval_splits:
+            raise ValueError(f"select_split={select_split!r} is not among the eval splits {sorted(eval_splits)} "
+                             f"(config.eval_splits)")
+        valid = metric_names(task.name)
+        if config.select_metric not in valid:
+            raise ValueError(f"select_metric={config.select_metric!r} is not a metric of the {task.name} task; "
+                             f"valid: {valid}")
+    devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    for field in ("batch_size", "eval_batch_size"):
+        size = int(config[field])
+        if size % devices:
+            raise ValueError(f"{field}={size} does not divide over the mesh's {devices} batch devices "
+                             f"('data' x 'fsdp' of mesh_shape={tuple(config.mesh_shape)})")
+    accum = int(config.optimizer.get("grad_accum_steps", 1))
+    if accum < 1 or config.batch_size % accum:
+        raise ValueError(f"optimizer.grad_accum_steps={accum} must be >= 1 and divide batch_size={config.batch_size}")
+    for name, split in eval_splits.items():
+        if split.num_examples < 1:
+            raise ValueError(f"eval split {name!r} is empty" + (f" ({split.source})" if split.source else ""))
+
+
+# --------------------------------------------------------------------------- restore and score
+
+
+def restore_for_eval(config, workdir, which="best", *, devices=None):
+    """``(experiment, state)``: the run's checkpoint ``which`` ('best', 'latest'
+    or a step) restored into this machine's mesh (``config.mesh_shape`` over
+    ``devices``), whatever mesh wrote it. Nothing is initialised."""
+    from jml_jax.checkpointing import Checkpointer
+    from jml_jax.experiment import build_experiment
+
+    exp = build_experiment(config, devices=devices)
+    select = f"{config.select_split}/{config.select_metric}" if config.get("select_split") else "epoch"
+    # create=False: a mistyped workdir is an error, not a new empty folder.
+    ckpt = Checkpointer(pathlib.Path(workdir), keep=config.keep_checkpoints, best_metric=select, create=False)
+    try:
+        state, _ = ckpt.restore(which, exp.abstract_state)
+    finally:
+        ckpt.close()
+    return exp, state
+
+
+def evaluate_checkpoint(config, workdir, eval_splits: Mapping[str, EvalSplit], *, which="best",
+                        predictions_dir: str | pathlib.Path | None = None, devices=None) -> dict[str, float]:
+    """Restores ``which`` ('best', 'latest' or a step) and scores every split.
+
+    Writes ``<predictions_dir>/<split>_predictions.jsonl`` (joint model) when asked.
+    """
+    exp, state = restore_for_eval(config, workdir, which, devices=devices)
+    evaluator = exp.make_evaluator()
+    scores: dict[str, float] = {"step": float(int(state.step))}
+    for name, split in eval_splits.items():
+        split_scores, pred = evaluator.evaluate(state, split)
+        scores.update({f"{name}/{k}": float(v) for k, v in split_scores.items()})
+        if predictions_dir is not None and split.features is not None and jax.process_index() == 0:
+            write_predictions(pathlib.Path(predictions_dir) / f"{name}_predictions.jsonl", split, pred)
+    return scores
+
+
+def sweep_thresholds(config, workdir, eval_splits: Mapping[str, EvalSplit], thresholds, *,
+                     which="best", devices=None) -> list[dict[str, float]]:
+    """Scores one joint checkpoint at several decoding thresholds (start + end logit, §6).
+
+    The checkpoint is restored and the eval functions compiled once. Choose a
+    threshold on dev; a test score read off this sweep at the dev-chosen
+    threshold is a fair test score, the best test row is not.
+
+    Returns:
+      one dict per threshold, in the given order: ``threshold``, ``step`` and
+      ``<split>/<metric>`` for every split.
+    """
+    if not thresholds:
+        raise ValueError("sweep_thresholds needs at least one threshold")
+    exp, state = restore_for_eval(config, workdir, which, devices=devices)
+    if exp.task.name != "joint":
+        raise ValueError("threshold sweeps score span decoding: they need a joint-model config")
+    evaluator = exp.make_evaluator()
+    base = evaluator.decode_config
+    rows = []
+    for threshold in thresholds:
+        evaluator.decode_config = dataclasses.replace(base, logit_threshold=float(threshold))
+        row = {"threshold": float(threshold), "step": float(int(state.step))}
+        for name, split in eval_splits.items():
+            split_scores, _ = evaluator.evaluate(state, split)
+            row.update({f"{name}/{k}": float(v) for k, v in split_scores.items()})
+        log.info("threshold %g: %s", threshold, ", ".join(
+            f"{n}/joint_orig/f1 {row[f'{n}/joint_orig/f1']:.4f}" for n in eval_splits))
+        rows.append(row)
+    return rows

@@ -406,3 +406,50 @@ def evaluate_predictions(
         for k, v in masc_metrics_from_labels(gold_pred, gold_true).items():
             out[f"masc_gold/{k}"] = float(v)
     return out
+
+
+# --------------------------------------------------------------------------- relation (TRC)
+
+RELATIONS = ("text_represented", "image_adds")  # rows of the [B, 2, 2] relation logits (§2.2)
+
+
+def relation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Scores of one split from its logits.
+
+    Args:
+      logits: [N, 2, 2] (row 0 text_represented, row 1 image_adds).
+      labels: [N, 2] 0/1.
+
+    Returns:
+      ``{'<relation>/accuracy', '<relation>/precision', '<relation>/recall',
+      '<relation>/f1', '<relation>/predicted_positive_frac'}`` for both
+      relations (positive class = 1, predicted when P > 0.5, i.e. the argmax;
+      precision/recall/F1 are 0 when undefined), ``loss`` (the mean CE of
+      `relation_loss`) and ``f1`` = image_adds/f1 (the headline number).
+    """
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels)
+    if logits.ndim != 3 or logits.shape[1:] != (2, 2) or labels.shape != logits.shape[:2]:
+        raise ValueError(f"relation_metrics expects logits [N, 2, 2] and labels [N, 2]; got "
+                         f"{logits.shape} and {labels.shape}")
+    if logits.shape[0] == 0:
+        raise ValueError("relation_metrics needs at least one example")
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    out = {"loss": float(-np.take_along_axis(log_probs, labels[..., None], -1).mean())}
+    predicted = np.argmax(logits, -1)
+    for i, name in enumerate(RELATIONS):
+        pred, gold = predicted[:, i] == 1, labels[:, i] == 1
+        tp = int(np.sum(pred & gold))
+        precision = tp / pred.sum() if pred.sum() else 0.0
+        recall = tp / gold.sum() if gold.sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out.update({
+            f"{name}/accuracy": float(np.mean(pred == gold)),
+            f"{name}/precision": float(precision),
+            f"{name}/recall": float(recall),
+            f"{name}/f1": float(f1),
+            f"{name}/predicted_positive_frac": float(pred.mean()),
+        })
+    out["f1"] = out["image_adds/f1"]
+    return out

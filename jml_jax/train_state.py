@@ -121,8 +121,13 @@ def abstract_sharded_state(
     mesh: Mesh,
     rules: Rules | None,
     rng: jax.Array | None = None,
+    *,
+    boxed_variables: Any = None,
 ) -> tuple[TrainState, TrainState]:
     """The state's shapes and shardings, without computing anything.
+
+    The model's init is traced once (``jax.eval_shape``); the optimizer state's
+    shapes come from ``tx.init`` on the abstract parameters.
 
     Args:
       init_fn: ``rng -> variables`` (e.g. ``lambda r: model.init(r, *dummy)``),
@@ -130,6 +135,8 @@ def abstract_sharded_state(
       tx: the optimizer.
       mesh, rules: as in `jml_jax.sharding.params_shardings`.
       rng: any key (only its shape matters); default ``PRNGKey(0)``.
+      boxed_variables: ``jax.eval_shape(init_fn, rng)`` when the caller has
+        it already (the init is then not traced again).
 
     Returns:
       ``(abstract_state, state_shardings)``: a `TrainState` of
@@ -138,13 +145,20 @@ def abstract_sharded_state(
     """
     rules = normalize_rules(rules, mesh)
     rng = raw_key(jax.random.PRNGKey(0) if rng is None else rng)
+    if boxed_variables is None:
+        boxed_variables = jax.eval_shape(init_fn, rng)
     # Specs come from the boxed tree; the state itself holds unboxed values.
-    boxed_params, boxed_stats = _split_variables(
-        jax.eval_shape(init_fn, rng)
-    )
+    boxed_params, boxed_stats = _split_variables(boxed_variables)
     p_shardings = params_shardings(boxed_params, mesh, rules)
     s_shardings = params_shardings(boxed_stats, mesh, rules)
-    abstract = jax.eval_shape(_state_init_fn(init_fn, tx), rng)
+    params, batch_stats = nn.meta.unbox(boxed_params), nn.meta.unbox(boxed_stats)
+    abstract = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=jax.eval_shape(tx.init, params),
+        rng=jax.ShapeDtypeStruct(rng.shape, rng.dtype),
+    )
     rep = replicated(mesh)
     shardings = TrainState(
         step=rep,
@@ -162,6 +176,7 @@ def create_sharded_state(
     mesh: Mesh,
     rules: Rules | None,
     rng: jax.Array,
+    shardings: TrainState | None = None,
 ) -> tuple[TrainState, TrainState]:
     """Initialises the state directly into its shardings.
 
@@ -169,12 +184,15 @@ def create_sharded_state(
     becomes ``state.rng``. Initialisation runs under ``jax.jit`` with
     ``out_shardings``, so each device only ever builds its own shards (a model
     larger than one device's memory, or the host's, still initialises).
+    ``shardings``: the state's shardings when already known (from
+    `abstract_sharded_state`), so the model is not traced again for them.
 
     Returns:
       ``(state, state_shardings)``; ``state_shardings`` is a `TrainState` of
       `NamedSharding` for `jml_jax.steps`.
     """
-    _, shardings = abstract_sharded_state(init_fn, tx, mesh, rules, rng)
+    if shardings is None:
+        _, shardings = abstract_sharded_state(init_fn, tx, mesh, rules, rng)
     init = jax.jit(_state_init_fn(init_fn, tx), out_shardings=shardings)
     state = init(raw_key(rng))
     return state, shardings

@@ -7,7 +7,7 @@ import os
 
 import jax
 
-from jml_jax import model_factory
+from jml_jax import weights
 from jml_jax.evaluate import EvalSplit
 from jml_jax.train import TrainData
 
@@ -53,6 +53,23 @@ def init_processes() -> None:
              jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
 
 
+def load_config(spec: str, overrides=()):
+    """``PATH[:ARG]`` plus ``--config.FIELD=VALUE`` overrides -> the locked config,
+    parsed exactly as ``--config=`` of launch.train (ml_collections' config_flags)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["load_config", f"--config={spec}", *overrides]
+    values = flags.FlagValues()
+    # sys_argv: the override flags are defined from the arguments they come in.
+    config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    values(argv)
+    config = values.config
+    config.to_dict()  # a file that failed to load raises its error here, not at first use
+    return config
+
+
 def record_command(workdir: str) -> None:
     """Appends the exact command line to ``workdir/command.txt`` (process 0)."""
     import pathlib
@@ -68,9 +85,16 @@ def record_command(workdir: str) -> None:
 
 
 def resolve_config_paths(config) -> None:
-    """Turns aliases such as 'minilm' in data.vocab_file into real paths."""
+    """Turns aliases such as 'minilm' in data.vocab_file into real paths, and
+    checks that an image run has its image folder."""
     if config.data.vocab_file:
-        config.data.vocab_file = str(model_factory.resolve_path(config.data.vocab_file, what="data.vocab_file"))
+        config.data.vocab_file = str(weights.resolve_path(config.data.vocab_file, what="data.vocab_file"))
+    image_dir = config.data.image_dir
+    if config.task == "relation" and config.model.use_images and not (image_dir and os.path.isdir(image_dir)):
+        raise ValueError(
+            f"model.use_images is True but data.image_dir={image_dir!r} is not a folder; the TRC images "
+            "come with the JML authors' release. Without them, train text-only: "
+            "--config=configs/trc_relation.py:text_only")
     if not config.model.use_images and config.data.image_dir:
         log.warning("model.use_images is False: ignoring data.image_dir=%s", config.data.image_dir)
         config.data.image_dir = None
@@ -91,10 +115,11 @@ def train_data(config) -> TrainData:
     return TrainData(make_iter=make_iter, num_examples=split.num_examples)
 
 
-def _eval_streams(config, names):
-    """Yields (name, prepared split, make_iter) for each evaluation split."""
+def eval_splits(config, names) -> dict[str, EvalSplit]:
+    """The named evaluation splits of either task, each a padded in-order stream."""
     from data_pipeline import pipeline
 
+    splits = {}
     for name in names:
         split = pipeline.load_split(config.data, name)
 
@@ -104,21 +129,7 @@ def _eval_streams(config, names):
                 process_index=jax.process_index(), process_count=jax.process_count(),
             )
 
-        yield name, split, make_iter
-
-
-def eval_splits(config, names) -> dict[str, EvalSplit]:
-    return {
-        name: EvalSplit(name=name, make_iter=make_iter, features=split.features)
-        for name, split, make_iter in _eval_streams(config, names)
-    }
-
-
-def relation_eval_splits(config, names):
-    """TRC eval splits for the relation stage (jml_jax.relation_train)."""
-    from jml_jax.relation_train import RelationEvalSplit
-
-    return {
-        name: RelationEvalSplit(name=name, make_iter=make_iter, num_examples=split.num_examples)
-        for name, split, make_iter in _eval_streams(config, names)
-    }
+        features = split.features if config.task == "joint" else None
+        splits[name] = EvalSplit(name=name, make_iter=make_iter, features=features,
+                                 num_examples=split.num_examples, source=config.data.get(f"{name}_file"))
+    return splits

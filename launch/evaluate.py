@@ -9,7 +9,7 @@ every metric, writes them to ``DIR/eval_results.json`` and the predictions to
 
 With ``--thresholds``, it instead scores the checkpoint at each decoding
 threshold (start + end logit; the config's is the original's 8.0), prints a
-table and writes ``DIR/threshold_sweep.json``, which `launch.report` shows
+table and writes ``DIR/threshold_sweep.json``, which `tools.report` shows
 beside the run. Pick the threshold on dev, then pass it to training or
 evaluation as ``--config.decode.logit_threshold=X``.
 """
@@ -22,7 +22,7 @@ import pathlib
 from absl import app, flags
 from ml_collections import config_flags
 
-from jml_jax.train import evaluate_checkpoint, sweep_thresholds
+from jml_jax.evaluate import evaluate_checkpoint, sweep_thresholds
 from launch import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)

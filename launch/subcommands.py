@@ -14,12 +14,20 @@ Subcommands = Mapping[str, tuple[Callable[[argparse.ArgumentParser], None], Call
 
 
 def run_subcommands(description: str, subcommands: Subcommands, argv: list[str] | None = None) -> int:
-    """Parses ``argv`` (default sys.argv[1:]) into one subcommand and runs it."""
+    """Parses ``argv`` (default sys.argv[1:]) into one subcommand and runs it.
+
+    A subcommand whose parser sets ``config_overrides=True`` (``p.set_defaults``)
+    also takes ``--config.FIELD=VALUE`` overrides, handed over as ``args.overrides``.
+    """
     parser = argparse.ArgumentParser(description=description)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, run) in subcommands.items():
         p = sub.add_parser(name)
         add_arguments(p)
         p.set_defaults(run=run)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if a.startswith("--config.")]
+    if len(overrides) != len(extra) or (overrides and not getattr(args, "config_overrides", False)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = overrides
     return args.run(args)

@@ -1,7 +1,11 @@
-"""Train a JML config: ``python -m launch.train --config=configs/demo.py --workdir=DIR``.
+"""Train either stage: ``python -m launch.train --config=configs/demo.py --workdir=DIR``.
 
-Resumes from the latest checkpoint in DIR when there is one. Any config field
-can be overridden: ``--config.num_epochs=3``; a mistyped field fails.
+The config's ``task`` picks the stage: the joint model (configs/demo.py,
+configs/twitter2015.py, ...) or the relation module on TRC
+(configs/trc_relation.py, which writes DIR/relation for the joint config's
+model.relation_init). Resumes from the latest checkpoint in DIR when there is
+one. Any config field can be overridden: ``--config.num_epochs=3``; a
+mistyped field fails.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""launch/benchmark.py subcommands run at tiny sizes and report sane fields.
+"""tools/benchmarks.py subcommands (python -m launch.benchmark) run at tiny sizes and report sane fields.
 
 Speed is never asserted (the machine is shared); only that each benchmark
 runs what it claims and reports positive rates, the fields the README table
@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from launch import benchmark
-from launch.benchmark_model import ModelSpec, make_batch
+from tools import benchmarks as benchmark
+from tools.benchmark_model import ModelSpec, make_batch
 
 TINY = ["--bert", "tiny", "--resnet-depth", "50", "--resnet-blocks", "1,1,1,1", "--resnet-width", "8",
         "--batch", "8", "--length", "16", "--steps", "1", "--warmup", "0"]
@@ -50,7 +50,7 @@ def test_data_benchmark_reads_the_tfds_build_with_images(tmp_path):
 
 def test_torch_model_bench_reports_train_and_eval():
     pytest.importorskip("torch")
-    from launch.benchmark_model import bench_torch_model
+    from tools.benchmark_model import bench_torch_model
 
     spec = ModelSpec(bert="tiny", resnet_depth=50, resnet_blocks=(1, 1, 1, 1), resnet_width=8,
                      batch=4, length=16, steps=1, warmup=1, grad_accum=2)

@@ -214,7 +214,7 @@ def test_original_jml_bert_outputs(fixtures_dir):
     assert np.abs(np.asarray(hidden) - npz["inter/rel_bert_last"]).max() <= 1e-5
 
 
-def test_convert_checkpoint_cli_writes_orbax_params_and_config(tmp_path, capsys):
+def test_convert_checkpoint_cli_writes_a_bert_artifact_with_its_vocab(tmp_path, capsys):
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     import orbax.checkpoint as ocp
@@ -229,6 +229,7 @@ def test_convert_checkpoint_cli_writes_orbax_params_and_config(tmp_path, capsys)
         max_position_embeddings=TINY.max_position_embeddings,
     )
     transformers.BertModel(hf_cfg).save_pretrained(tmp_path / "src")
+    (tmp_path / "src" / "vocab.txt").write_text("".join(f"tok{i}\n" for i in range(TINY.vocab_size)))
     out = tmp_path / "out"
     assert main(["bert", "--src", str(tmp_path / "src"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -236,10 +237,12 @@ def test_convert_checkpoint_cli_writes_orbax_params_and_config(tmp_path, capsys)
     assert match, printed
     assert float(match.group(1)) <= 1e-5 and float(match.group(2)) <= 1e-5
 
-    assert BertConfig.from_dict(json.loads((out / "bert_config.json").read_text())) == TINY
-    restored = ocp.StandardCheckpointer().restore(out / "params")
+    record = json.loads((out / "artifact.json").read_text())
+    assert record["kind"] == "bert" and BertConfig.from_dict(record["bert_config"]) == TINY
+    assert (out / "vocab.txt").read_text() == (tmp_path / "src" / "vocab.txt").read_text()
+    restored = ocp.StandardCheckpointer().restore(out / "variables")
     _, expected = load_bert_checkpoint(tmp_path / "src")
-    _assert_trees_equal(_to_numpy(restored), expected)
+    _assert_trees_equal(_to_numpy(restored)["params"], expected)
 
 
 def _to_numpy(tree):

@@ -11,18 +11,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jml_jax import model_factory
+from jml_jax import model_factory, weights
 from jml_jax.checkpointing import CheckpointError, restore_params
 from jml_jax.convert import original
 from jml_jax.convert.common import CheckpointMismatchError, flatten_tree
 from conftest import REPO_ROOT
 from launch import convert_checkpoint
+from launch.common import load_config
 
 DEMO = str(REPO_ROOT / "configs" / "demo.py")
 
 # The fixture's model is configs/demo.py with the fixture's vocabulary and a
 # torchvision-width ResNet (fixtures README §1.1).
-FIXTURE_OVERRIDES = ["--set", "model.bert_vocab_size=100", "--set", "model.resnet_width=64"]
+FIXTURE_OVERRIDES = ["--config.model.bert_vocab_size=100", "--config.model.resnet_width=64"]
 
 
 def _assert_same_tree(restored, expected):
@@ -40,9 +41,7 @@ def fixture_state(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def fixture_model():
-    config = convert_checkpoint.load_experiment_config(
-        DEMO, ["model.bert_vocab_size=100", "model.resnet_width=64"]
-    )
+    config = load_config(DEMO, FIXTURE_OVERRIDES)
     model = model_factory.build_model(config)
     return config, model, model_factory.abstract_variables(model, config)
 
@@ -77,11 +76,11 @@ def test_resnet_torchvision_checkpoint_to_orbax(tmp_path, capsys):
     )
 
     # What model.resnet_init=OUT gives the demo model (same architecture).
-    config = convert_checkpoint.load_experiment_config(DEMO)
+    config = load_config(DEMO)
     model = model_factory.build_model(config)
     abstract = model_factory.abstract_variables(model, config)
     wanted = {"params": abstract["params"]["resnet"], "batch_stats": abstract["batch_stats"]["resnet"]}
-    loaded = model_factory._load_resnet(str(out), model.config, wanted)
+    loaded = weights.load_resnet(str(out), model.config, wanted)
     _assert_same_tree(loaded, expected)
 
 
@@ -93,7 +92,7 @@ def test_resnet_existing_output_needs_overwrite(tmp_path):
     torch.save(TorchResNet(BasicBlock, [1, 1, 1, 1], width=4).state_dict(), src)
     args = ["resnet", "--src", str(src), "--out", str(tmp_path / "out")]
     assert convert_checkpoint.main(args) == 0
-    with pytest.raises(CheckpointError, match="already exists"):
+    with pytest.raises(CheckpointError, match="already holds an artifact"):
         convert_checkpoint.main(args)
     assert convert_checkpoint.main(args + ["--overwrite"]) == 0
 
@@ -138,14 +137,15 @@ def test_jml_relation_checkpoint_writes_relation_subtree(fixture_state, fixture_
     out = tmp_path / "out"
     convert_checkpoint.main(["jml", "--src", str(src), "--out", str(out), "--config", DEMO,
                              *FIXTURE_OVERRIDES])
-    assert f"model.relation_init={out / 'relation'}" in capsys.readouterr().out
+    assert f"model.relation_init={out}" in capsys.readouterr().out
+    assert weights.read_artifact(out)["kind"] == "relation"
 
     # The joint checkpoint's relation part is the same module (§2.4 branch 1).
     joint, _ = original.convert_original(fixture_state, model.config, abstract, source="npz")
     expected = {c: joint[c]["relation"] for c in ("params", "batch_stats")}
-    _assert_same_tree(restore_params(out / "relation"), expected)
+    _assert_same_tree(restore_params(out / "variables"), expected)
     wanted = {c: abstract[c]["relation"] for c in ("params", "batch_stats")}
-    _assert_same_tree(model_factory._load_relation(str(out / "relation"), model.config, wanted), expected)
+    _assert_same_tree(weights.load_relation(str(out), model.config, wanted), expected)
 
 
 def test_jml_config_mismatch_names_the_keys(fixtures_dir, tmp_path):
@@ -153,16 +153,16 @@ def test_jml_config_mismatch_names_the_keys(fixtures_dir, tmp_path):
     with pytest.raises(CheckpointMismatchError, match="resnet"):
         convert_checkpoint.main(["jml", "--src", str(fixtures_dir / "orig_tiny_model.npz"),
                                  "--out", str(tmp_path / "out"), "--config", DEMO,
-                                 "--set", "model.bert_vocab_size=100"])
+                                 "--config.model.bert_vocab_size=100"])
     assert not (tmp_path / "out").exists()
 
 
-def test_config_override_errors():
-    with pytest.raises(KeyError, match="no field 'model.nope'"):
-        convert_checkpoint.load_experiment_config(DEMO, ["model.nope=1"])
-    with pytest.raises(ValueError, match="FIELD=VALUE"):
-        convert_checkpoint.load_experiment_config(DEMO, ["model.bert"])
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        convert_checkpoint.load_experiment_config(str(REPO_ROOT / "configs" / "absent.py"))
-    config = convert_checkpoint.load_experiment_config(f"{DEMO}:text_only", ["model.bert=tiny"])
-    assert config.model.use_images is False
+def test_config_overrides_parse_as_for_launch_train(tmp_path):
+    with pytest.raises(Exception, match="nope"):
+        load_config(DEMO, ["--config.model.nope=1"])
+    with pytest.raises(Exception, match="absent.py"):
+        load_config(str(REPO_ROOT / "configs" / "absent.py"))
+    config = load_config(f"{DEMO}:text_only", ["--config.model.bert=tiny"])
+    assert config.model.use_images is False and config.model.bert == "tiny"
+    with pytest.raises(SystemExit):  # the converter's parser refuses stray arguments
+        convert_checkpoint.main(["resnet", "--src", "x", "--out", str(tmp_path / "o"), "--config.model.bert=tiny"])

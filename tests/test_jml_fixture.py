@@ -292,8 +292,7 @@ def test_joint_config_loads_the_authors_checkpoint(fixtures_dir, converted, tmp_
     """model.original_checkpoint accepts the authors' file and the folder
     `launch.convert_checkpoint jml` writes; both give the converter's variables."""
     from configs.demo import get_config
-    from jml_jax import model_factory
-    from jml_jax.checkpointing import save_params
+    from jml_jax import model_factory, weights
 
     _, variables, _, _ = converted
     config = get_config()
@@ -303,10 +302,10 @@ def test_joint_config_loads_the_authors_checkpoint(fixtures_dir, converted, tmp_
     if source == "npz":
         config.model.original_checkpoint = str(fixtures_dir / "orig_tiny_model.npz")
     else:
-        save_params(tmp_path / "variables", variables)
-        config.model.original_checkpoint = str(tmp_path)
+        weights.save_artifact(tmp_path / "jml", "jml", variables)
+        config.model.original_checkpoint = str(tmp_path / "jml")
     model = model_factory.build_model(config)
-    pieces = model_factory.load_pretrained(config, model, model_factory.abstract_variables(model, config))
+    pieces = weights.joint_pieces(config, model.config, model_factory.abstract_variables(model, config))
     expected = flatten_tree(variables)
     assert set(pieces) == set(expected)
     for key, value in expected.items():

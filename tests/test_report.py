@@ -6,7 +6,7 @@ import math
 import pytest
 from PIL import Image
 
-from launch import report
+from tools import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = ("joint_orig/p", "joint_orig/r", "joint_orig/f1", "joint_pos/f1", "mate/p", "mate/r",

@@ -21,6 +21,7 @@ import pytest
 import localhost_processes
 import train_worker
 from jml_jax import train
+from jml_jax.experiment import build_experiment
 from jml_jax.checkpointing import Checkpointer
 from jml_jax.summary import read_jsonl
 from launch import common
@@ -96,7 +97,7 @@ def test_two_processes_train_like_one(tmp_path):
                                rtol=1e-5, atol=1e-5)
 
     # The same final state: both checkpoints restored onto the same target.
-    s = train.setup(config, num_train_steps=4, devices=devices, init_state=False)
+    s = build_experiment(config, num_train_steps=4, devices=devices)
     states = {}
     for name in ("one", "two"):
         with Checkpointer(tmp_path / name, best_metric=SELECT, create=False) as ckpt:

@@ -34,9 +34,11 @@ from jax.sharding import PartitionSpec
 
 import small_demo
 from jml_jax import train
+from jml_jax.evaluate import evaluate_checkpoint, sweep_thresholds
+from jml_jax.experiment import build_experiment
+from jml_jax.tasks import JointTask
 from jml_jax.checkpointing import COMMIT_FILE, Checkpointer, CheckpointError, CheckpointStructureError
-from jml_jax.sharding import batch_sharding, global_batch_from_process_local
-from jml_jax.steps import make_train_step
+from jml_jax.sharding import global_batch_from_process_local
 from jml_jax.summary import read_jsonl
 from launch import common
 
@@ -95,7 +97,7 @@ def _assert_trees_close(got, want, *, tol, what):
 
 
 def _model_batch(batch):
-    keys = [k for k in train.TRAIN_KEYS if k in batch] + (["image"] if "image" in batch else [])
+    keys = [k for k in JointTask.batch_keys if k in batch] + (["image"] if "image" in batch else [])
     return {k: batch[k] for k in keys}
 
 
@@ -108,7 +110,7 @@ def _logged_evals(workdir) -> dict[int, dict[str, float]]:
 
 
 def _restore(config, workdir, which="latest", devices=None):
-    s = train.setup(config, num_train_steps=TOTAL_STEPS, devices=devices, init_state=False)
+    s = build_experiment(config, num_train_steps=TOTAL_STEPS, devices=devices)
     with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
         return ckpt.restore(which, s.abstract_state)
 
@@ -141,6 +143,10 @@ def _interrupted(data: train.TrainData, at_step: int) -> train.TrainData:
 
 def _never(start):
     raise AssertionError("training must not start")
+
+
+def text_run_splits(config):
+    return common.eval_splits(config, ("dev", "test"))
 
 
 # --------------------------------------------------------------------------- data
@@ -181,7 +187,7 @@ def text_run(tmp_path_factory, text_config, text_data):
 @pytest.fixture(scope="module")
 def step_parity(image_config, image_data):
     """The initial state (host copy) and the first 3 global batches of the image config."""
-    s = train.setup(image_config, num_train_steps=TOTAL_STEPS)
+    s = build_experiment(image_config, num_train_steps=TOTAL_STEPS)
     train_data, _ = image_data
     it = train_data.make_iter(0)
     try:
@@ -189,7 +195,7 @@ def step_parity(image_config, image_data):
     finally:
         it.close()
     assert "image" in batches[0] and batches[0]["image"].shape == (8, 224, 224, 3)
-    return {"initial": jax.device_get(s.state), "batches": batches, "results": {}}
+    return {"initial": jax.device_get(s.initial_state()), "batches": batches, "results": {}}
 
 
 def _run_steps(config, parity, mesh_shape, devices=None):
@@ -198,12 +204,9 @@ def _run_steps(config, parity, mesh_shape, devices=None):
     if key in parity["results"]:
         return parity["results"][key]
     cfg = _copy(config, mesh_shape=tuple(mesh_shape))
-    s = train.setup(cfg, num_train_steps=TOTAL_STEPS, devices=devices, init_state=False)
+    s = build_experiment(cfg, num_train_steps=TOTAL_STEPS, devices=devices)
     state = jax.device_put(parity["initial"], s.shardings)
-    step = make_train_step(
-        train.make_loss_fn(s.model, s.model.config), s.tx, s.shardings, batch_sharding(s.mesh),
-        grad_accum_steps=cfg.optimizer.grad_accum_steps, rules=s.rules,
-    )
+    step = s.make_train_step()
     losses, after = [], {}
     for i, batch in enumerate(parity["batches"], start=1):
         state, metrics = step(state, global_batch_from_process_local(batch, s.mesh))
@@ -321,7 +324,7 @@ def image_run(tmp_path_factory, image_config, image_data):
 def image_run_eval(image_run, image_config, image_data):
     """`launch.evaluate`'s call on the training mesh: best checkpoint, predictions written."""
     workdir, _ = image_run
-    scores = train.evaluate_checkpoint(image_config, workdir, image_data[1], which="best",
+    scores = evaluate_checkpoint(image_config, workdir, image_data[1], which="best",
                                        predictions_dir=workdir / "predictions")
     return scores
 
@@ -362,7 +365,7 @@ def test_checkpoint_from_eight_devices_evaluates_identically_on_one(image_run, i
     workdir, _ = image_run
     one = _copy(image_config, mesh_shape=(1, 1, 1))
     for which in ("best", "latest"):
-        scores = train.evaluate_checkpoint(one, workdir, image_data[1], which=which, devices=jax.devices()[:1])
+        scores = evaluate_checkpoint(one, workdir, image_data[1], which=which, devices=jax.devices()[:1])
         if which == "best":
             assert scores == image_run_eval
         else:
@@ -375,7 +378,7 @@ def test_checkpoint_from_eight_devices_evaluates_identically_on_one(image_run, i
 def test_threshold_sweep_rescores_one_checkpoint(image_run, image_run_eval, image_config, image_data):
     workdir, _ = image_run
     threshold = image_config.decode.logit_threshold
-    rows = train.sweep_thresholds(image_config, workdir, image_data[1], [threshold, 1e9, -1e9])
+    rows = sweep_thresholds(image_config, workdir, image_data[1], [threshold, 1e9, -1e9])
     assert [r["threshold"] for r in rows] == [threshold, 1e9, -1e9]
     at_config = {k: v for k, v in rows[0].items() if k != "threshold"}
     assert at_config == image_run_eval  # the config's threshold: what evaluate gives
@@ -392,7 +395,7 @@ def test_evaluating_an_empty_workdir_raises(tmp_path, text_config, text_data):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint directory"):
-        train.evaluate_checkpoint(text_config, empty, text_data[1])
+        evaluate_checkpoint(text_config, empty, text_data[1])
     assert list(empty.iterdir()) == []  # nothing created in a mistyped folder
 
 
@@ -401,7 +404,8 @@ def test_resuming_with_another_model_names_the_mismatched_keys(tmp_path, text_co
     shutil.copytree(text_run[0], workdir)
     other = _copy(text_config, **{"model.bert": "minilm-l6"})  # hidden 384 instead of 32, 6 layers
     with pytest.raises(CheckpointStructureError) as err:
-        train.train_and_evaluate(other, workdir, train.TrainData(make_iter=_never, num_examples=60), {})
+        train.train_and_evaluate(other, workdir, train.TrainData(make_iter=_never, num_examples=60),
+                                 text_run_splits(text_config))
     message = str(err.value)
     assert "does not fit the target state" in message and "wrong shape" in message
     assert "bert/embeddings/word_embeddings/embedding target (436, 384) checkpoint (436, 32)" in message
@@ -418,9 +422,10 @@ def test_a_run_with_only_partial_checkpoints_does_not_restart(tmp_path, text_con
         if step_dir.name.isdigit():
             (step_dir / COMMIT_FILE).unlink()  # as if every save had been cut short
     with pytest.raises(CheckpointError, match="only incomplete checkpoints"):
-        train.train_and_evaluate(text_config, workdir, train.TrainData(make_iter=_never, num_examples=60), {})
+        train.train_and_evaluate(text_config, workdir, train.TrainData(make_iter=_never, num_examples=60),
+                                 text_run_splits(text_config))
     with pytest.raises(CheckpointError, match="incomplete"):
-        train.evaluate_checkpoint(text_config, workdir, {}, which=TOTAL_STEPS)
+        evaluate_checkpoint(text_config, workdir, {}, which=TOTAL_STEPS)
 
 
 # --------------------------------------------------------------------------- 6. non-finite

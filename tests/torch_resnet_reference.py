@@ -1,6 +1,6 @@
 """A PyTorch ResNet with torchvision's exact module names, for parity tests.
 
-torchvision is not installed here; `launch.torch_jml.ResNetGrid` (the PyTorch
+torchvision is not installed here; `tools.torch_jml.ResNetGrid` (the PyTorch
 ResNet of the benchmark) re-states its ResNet (v1.5: stride on the 3x3 conv of
 Bottleneck and on the downsample conv) with the same attribute names, so
 ``state_dict()`` keys are torchvision's (conv1.weight, bn1.*,
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from launch.torch_jml import BasicBlock, Bottleneck, ResNetGrid
+from tools.torch_jml import BasicBlock, Bottleneck, ResNetGrid
 
 __all__ = ["BasicBlock", "Bottleneck", "TorchResNet", "numpy_state", "randomize_"]
 

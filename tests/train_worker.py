@@ -38,22 +38,18 @@ def worker_config():
 
 def run_steps(config, num_steps: int, devices=None):
     """``num_steps`` train steps as `train_and_evaluate` takes them: (losses, state)."""
-    from jml_jax import train
-    from jml_jax.sharding import batch_sharding, global_batch_from_process_local
-    from jml_jax.steps import make_train_step
+    from jml_jax.experiment import build_experiment
+    from jml_jax.sharding import global_batch_from_process_local
     from launch import common
 
-    s = train.setup(config, num_train_steps=config.max_steps, devices=devices)
-    step = make_train_step(
-        train.make_loss_fn(s.model, s.model.config), s.tx, s.shardings, batch_sharding(s.mesh),
-        grad_accum_steps=config.optimizer.grad_accum_steps, rules=s.rules,
-    )
+    s = build_experiment(config, num_train_steps=config.max_steps, devices=devices)
+    step = s.make_train_step()
     it = common.train_data(config).make_iter(0)
-    state, losses = s.state, []
+    state, losses = s.initial_state(), []
     try:
         for _ in range(num_steps):
             batch = next(it)
-            batch = {k: batch[k] for k in train.TRAIN_KEYS if k in batch}
+            batch = {k: batch[k] for k in s.task.batch_keys if k in batch}
             state, metrics = step(state, global_batch_from_process_local(batch, s.mesh))
             losses.append(float(metrics["loss"]))
     finally:

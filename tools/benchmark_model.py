@@ -1,6 +1,6 @@
 """The full JML model's train and eval steps, timed in JAX and in eager PyTorch.
 
-Used by ``python -m launch.benchmark model`` (see launch/benchmark.py for the
+Used by ``python -m launch.benchmark model`` (see tools/benchmarks.py for the
 commands). Each function here runs in its own fresh process and returns a
 plain dict, so the two frameworks never share a process.
 
@@ -134,23 +134,24 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
     (extraction + classification on the batch's spans, one jit)."""
     import jax
 
+    from jml_jax.experiment import build_experiment
     from jml_jax.models.jml import JMLModel
     from jml_jax.sharding import batch_sharding, global_batch_from_process_local
-    from jml_jax.steps import make_eval_step, make_train_step
-    from jml_jax.train import TRAIN_KEYS, make_loss_fn, setup
+    from jml_jax.steps import make_eval_step
 
     config = experiment_config(spec)
     t0 = time.perf_counter()
-    s = setup(config, num_train_steps=spec.steps + spec.warmup + 1)
-    jax.block_until_ready(s.state)
+    s = build_experiment(config, num_train_steps=spec.steps + spec.warmup + 1)
+    state = s.random_state()
+    jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
     model = s.model
     vocab = model.config.bert.vocab_size
     host = make_batch(spec, vocab)
-    keys = [k for k in TRAIN_KEYS if k in host] + (["image"] if "image" in host else [])
+    keys = [k for k in s.task.batch_keys if k in host] + (["image"] if "image" in host else [])
     gbatch = global_batch_from_process_local({k: host[k] for k in keys}, s.mesh)
     bsh = batch_sharding(s.mesh)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(s.state.params))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
     def forward(params, batch_stats, batch):
         variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
@@ -166,20 +167,19 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
 
     eval_step = make_eval_step(forward, s.shardings, bsh, rules=s.rules)
     t0 = time.perf_counter()
-    eval_compiled = eval_step.lower(s.state, gbatch).compile()
+    eval_compiled = eval_step.lower(state, gbatch).compile()
     compile_s = time.perf_counter() - t0
-    elapsed, _ = _timed_loop(lambda: eval_compiled(s.state, gbatch), spec.steps, spec.warmup,
+    elapsed, _ = _timed_loop(lambda: eval_compiled(state, gbatch), spec.steps, spec.warmup,
                              jax.block_until_ready)
     peak, how = _jax_peak_bytes()
     results["eval"] = {"compile_s": compile_s, "steps_per_s": spec.steps / elapsed,
                        "examples_per_s": spec.steps * spec.batch / elapsed, "peak_bytes": peak}
 
-    train_step = make_train_step(make_loss_fn(model, model.config), s.tx, s.shardings, bsh,
-                                 grad_accum_steps=spec.grad_accum, rules=s.rules)
+    train_step = s.make_train_step()  # the trainer's own step, accumulation as configured
     t0 = time.perf_counter()
-    train_compiled = train_step.lower(s.state, gbatch).compile()
+    train_compiled = train_step.lower(state, gbatch).compile()
     compile_s = time.perf_counter() - t0
-    holder = {"state": s.state}
+    holder = {"state": state}
 
     def one_step():
         holder["state"], metrics = train_compiled(holder["state"], gbatch)
@@ -195,7 +195,7 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
 
 
 def bench_torch_model(spec: ModelSpec) -> dict[str, Any]:
-    """launch/torch_jml.py's eager model: the same shapes, AdamW (foreach) with
+    """tools/torch_jml.py's eager model: the same shapes, AdamW (foreach) with
     global-norm clipping, torch.autocast for bfloat16, parameters float32."""
     import contextlib
 
@@ -204,7 +204,7 @@ def bench_torch_model(spec: ModelSpec) -> dict[str, Any]:
     from jml_jax.models.bert import get_bert_config
     from jml_jax.models.jml import IMAGE_MEAN, IMAGE_STD
     from jml_jax.models.resnet import RESNET_BLOCKS, is_bottleneck
-    from launch import torch_jml
+    from tools import torch_jml
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bert_cfg = get_bert_config(spec.bert)

@@ -1,6 +1,6 @@
 """The results report: tables and training curves from finished training workdirs.
 
-    python -m launch.report --runs workdirs/t15_s1 workdirs/t15_s2 workdirs/t15_s3 \\
+    python -m tools.report --runs workdirs/t15_s1 workdirs/t15_s2 workdirs/t15_s3 \\
         --machine "2-core CPU (...)" --out docs/results [--notes NOTES.md] [--readme README.md]
 
 Each run folder is what ``jml_jax/train.py`` writes: ``config.json``,
@@ -626,7 +626,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", required=True, help="training workdirs")
     parser.add_argument("--out", default="docs/results", help="folder for results.md and the PNGs")
     parser.add_argument("--machine", required=True, help='what the runs trained on, e.g. "2-core CPU (...)"')
@@ -644,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes = pathlib.Path(args.notes).read_text(encoding="utf-8")
         groups = write_report(args.runs, args.out, machine=args.machine, title=args.title,
                               group_by=args.group_by, notes=notes, readme=args.readme,
-                              command="python -m launch.report " + shlex.join(argv))
+                              command="python -m tools.report " + shlex.join(argv))
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

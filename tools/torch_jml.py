@@ -1,4 +1,4 @@
-"""The JML model in eager PyTorch, only for the speed comparison of launch/benchmark.py.
+"""The JML model in eager PyTorch, only for the speed comparison of tools/benchmarks.py (python -m launch.benchmark) and the parity tests.
 
 It re-states the original's computation (original-jml-code.md §2-§5) on
 transformers' ``BertModel`` and a torchvision-layout ResNet, with the same
@@ -12,7 +12,7 @@ shapes and the same work per step as `jml_jax.models.jml.JMLModel`:
 
 It is not a parity reference (the numbers are never compared with ours) and
 it is not part of the library: importing this module imports torch and
-transformers, so launch/benchmark.py imports it inside the function that runs
+transformers, so tools/benchmarks.py imports it inside the function that runs
 the torch side, in its own process.
 """
 

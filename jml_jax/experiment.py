@@ -1,0 +1,110 @@
+"""From a config to everything a run needs before step 1, built once and in one place.
+
+    exp = build_experiment(config, num_train_steps=..., steps_per_epoch=...)
+    state = exp.restore(...) or exp.initial_state()   # pretrained pieces placed
+    train_step = exp.make_train_step()
+    evaluator = exp.make_evaluator()
+
+The mesh comes from ``config.mesh_shape`` over ``devices``; the logical-axis
+rules from ``config.axis_rules``; the model, its init and its loss from the
+task (jml_jax/tasks.py); the optimizer from ``config.optimizer`` with the
+task's frozen parts; the abstract state and its shardings from one trace of
+the model's init (`jml_jax.train_state.abstract_sharded_state`). Training,
+evaluation, prediction, the benchmarks and the planner all build through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from jml_jax import optim, weights
+from jml_jax.mesh import make_mesh
+from jml_jax.sharding import batch_sharding, normalize_rules
+from jml_jax.steps import make_train_step
+from jml_jax.tasks import get_task
+from jml_jax.train_state import abstract_sharded_state, create_sharded_state
+
+
+@dataclasses.dataclass
+class Experiment:
+    """The built pieces of one config on one mesh."""
+
+    config: Any
+    task: Any
+    mesh: Any
+    rules: Any
+    tx: Any
+    abstract_state: Any  # TrainState of ShapeDtypeStruct with shardings (a restore target)
+    shardings: Any  # TrainState of NamedSharding
+
+    @property
+    def model(self):
+        return self.task.model
+
+    @property
+    def abstract_variables(self) -> dict:
+        """``{'params', 'batch_stats'}`` of ShapeDtypeStructs (the model's own shapes)."""
+        return {"params": self.abstract_state.params, "batch_stats": self.abstract_state.batch_stats}
+
+    def random_state(self):
+        """A freshly initialised sharded state (jitted init: each device builds its own shards)."""
+        state, _ = create_sharded_state(self.task.init_fn, self.tx, self.mesh, self.rules,
+                                        jax.random.PRNGKey(int(self.config.seed)), shardings=self.shardings)
+        return state
+
+    def initial_state(self):
+        """The state of step 0: random init with every configured pretrained piece placed.
+
+        The pieces are read (and strictly checked) before the random init is
+        compiled, so a wrong path fails fast.
+        """
+        pieces = self.task.pretrained_pieces(self.abstract_variables)
+        return weights.place_pretrained(self.random_state(), pieces, self.shardings)
+
+    def make_train_step(self, *, donate: bool = True):
+        opt = self.config.optimizer
+        return make_train_step(
+            self.task.loss_fn, self.tx, self.shardings, batch_sharding(self.mesh),
+            grad_accum_steps=int(opt.get("grad_accum_steps", 1)), donate=donate, rules=self.rules,
+            **_accumulation_kwargs(opt),
+        )
+
+    def make_evaluator(self):
+        return self.task.make_evaluator(self.mesh, self.shardings, self.rules)
+
+
+def _accumulation_kwargs(opt) -> dict:
+    mode = opt.get("accumulation")
+    return {} if mode is None else {"accumulation": mode}
+
+
+def build_experiment(config, *, devices=None, num_train_steps: int | None = None,
+                     steps_per_epoch: int | None = None) -> Experiment:
+    """Mesh, task (model, loss), optimizer, abstract state and shardings; nothing is computed.
+
+    Args:
+      devices: the devices the mesh covers (default: all of them); e.g.
+        ``jax.devices()[:1]`` with ``config.mesh_shape=(1, 1, 1)`` evaluates a
+        checkpoint written on many devices on one, or a TPU topology's devices
+        for compile-only planning.
+      num_train_steps: the schedule's length (optimizer updates); evaluation
+        and prediction pass None (the schedule is then never used).
+      steps_per_epoch: for per-epoch schedules (the relation stage's LambdaLR).
+    """
+    mesh = make_mesh(tuple(config.mesh_shape), devices=devices)
+    rules = normalize_rules(config.axis_rules, mesh)
+    task = get_task(config)
+    opt_cfg = dict(config.optimizer.to_dict())
+    for field in ("grad_accum_steps", "accumulation", "bn_updates_per_group"):
+        opt_cfg.pop(field, None)  # read by the train step, not the optimizer
+    opt_cfg["frozen_prefixes"] = task.frozen_prefixes
+    if opt_cfg.get("schedule") == "relation_epoch_decay":
+        opt_cfg["steps_per_epoch"] = steps_per_epoch or 1
+    boxed = jax.eval_shape(task.init_fn, jax.random.PRNGKey(0))  # the one trace of the model's init
+    tx = optim.make_optimizer(opt_cfg, nn.meta.unbox(boxed["params"]), max(1, num_train_steps or 1))
+    abstract_state, shardings = abstract_sharded_state(task.init_fn, tx, mesh, rules, boxed_variables=boxed)
+    return Experiment(config, task, mesh, rules, tx, abstract_state, shardings)

@@ -1,0 +1,1 @@
+"""Tools beside the library: the PyTorch twin of the model, benchmarks, the results report."""
