@@ -1,0 +1,718 @@
+"""Compile-only plans of a config on a TPU topology: memory, FLOPs, collectives, roofline.
+
+`plan(config, topology)` builds the real train step and the two eval functions
+of a config (real shapes, shardings and optimizer state; no weights loaded, no
+data read) over the devices of a TPU slice described by libtpu
+(``jax.experimental.topologies``; no TPU attached), lowers them from
+``jax.ShapeDtypeStruct``s that carry their shardings, compiles them, and reads
+per-chip memory (``memory_analysis``), FLOPs and bytes accessed
+(``cost_analysis``) and the collectives of the compiled HLO. A roofline from
+the chip's published peak bf16 FLOP/s and HBM bandwidth (`CHIPS`) turns those
+into a step-time estimate: a compile-time estimate, never a measurement.
+
+Loops. XLA's ``cost_analysis`` counts the body of a while loop once, not times
+its trip count. The planner reads the compiled HLO itself (`summarize_hlo`):
+it finds each while loop's trip count and adds ``(trip - 1)`` runs of the
+body, costed by XLA's own cost model on the body alone (`xla_cost`), so a
+sequential gradient-accumulation scan is counted in full (exact for loops that
+are not nested in other loops). Collectives and the per-device batch are
+counted with the same multiplicities.
+
+The one place that touches the trainer's internals is `_build`.
+libtpu comes from requirements-plan.txt (``pip install -r requirements-plan.txt``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jml_jax.axes import MESH_AXES
+
+# ---------------------------------------------------------------------------
+# Chips: published per-chip peak bf16 compute, HBM capacity and HBM bandwidth.
+# GB in Google's tables is read as 10^9 bytes (the smaller reading: `fits`
+# errs on the safe side); v4's table says GiB.
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipSpec:
+    name: str
+    peak_bf16_flops_per_s: float
+    hbm_bytes: int
+    hbm_bytes_per_s: float
+    source: str
+    # libtpu's compile-only topology option: one JAX device per chip
+    # (v4 and v5p chips hold two TensorCores that run as one "megacore").
+    chip_config_name: str = "default"
+
+
+CHIPS: dict[str, ChipSpec] = {
+    # "Peak compute per chip (bf16) 197 TFLOPs; HBM2 capacity and bandwidth 16 GB, 819 GBps"
+    "v5e": ChipSpec("v5e", 197e12, 16 * 10**9, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
+    # "Peak compute per chip (bf16) 459 TFLOPs; HBM2e capacity and bandwidth 95 GB, 2765 GBps"
+    "v5p": ChipSpec("v5p", 459e12, 95 * 10**9, 2765e9, "https://cloud.google.com/tpu/docs/v5p",
+                    chip_config_name="megacore"),
+    # "Peak compute per chip 275 teraflops (bf16 or int8); HBM2 capacity and bandwidth 32 GiB, 1200 GBps"
+    "v4": ChipSpec("v4", 275e12, 32 * 2**30, 1200e9, "https://cloud.google.com/tpu/docs/v4",
+                   chip_config_name="megacore"),
+    # "Peak compute per chip (bf16) 918 TFLOPs; HBM capacity per chip 32 GB; HBM bandwidth per chip 1638 GBps"
+    "v6e": ChipSpec("v6e", 918e12, 32 * 10**9, 1638e9, "https://cloud.google.com/tpu/docs/v6e"),
+}
+
+LIBTPU_HINT = "install libtpu for compile-only planning: pip install -r requirements-plan.txt"
+
+
+class PlanError(ValueError):
+    """A topology, mesh or batch that cannot be planned (the message says why)."""
+
+
+def chip_of(topology: str) -> ChipSpec:
+    """``'v5e:2x4'`` -> the v5e `ChipSpec`."""
+    gen, sep, shape = topology.partition(":")
+    if not sep or not re.fullmatch(r"\d+(x\d+){1,2}", shape):
+        raise PlanError(
+            f"topology {topology!r} must look like '<chip>:<shape>', e.g. 'v5e:2x4' or 'v5p:2x2x1'"
+        )
+    if gen not in CHIPS:
+        raise PlanError(f"topology {topology!r}: unknown chip {gen!r}; known: {sorted(CHIPS)}")
+    return CHIPS[gen]
+
+
+def topology_devices(topology: str) -> list:
+    """The compile-only devices of a TPU slice, one per chip."""
+    chip = chip_of(topology)
+    try:
+        from jax.experimental import topologies
+
+        desc = topologies.get_topology_desc(
+            platform="tpu", topology_name=topology, chip_config_name=chip.chip_config_name
+        )
+    except (ImportError, RuntimeError) as err:
+        raise PlanError(f"cannot describe TPU topology {topology!r} ({err}); {LIBTPU_HINT}") from err
+    return list(desc.devices)
+
+
+def parse_mesh(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``'8,1,1'`` -> ``(8, 1, 1)`` (``-1`` allowed once); None stays None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, str):
+        try:
+            sizes = tuple(int(s) for s in text.split(","))
+        except ValueError:
+            raise PlanError(f"mesh {text!r} must be {len(MESH_AXES)} comma-separated ints {MESH_AXES}") from None
+    else:
+        sizes = tuple(int(s) for s in text)
+    if len(sizes) != len(MESH_AXES):
+        raise PlanError(f"mesh {text!r} must have {len(MESH_AXES)} sizes, one per axis {MESH_AXES}")
+    return sizes
+
+
+# ---------------------------------------------------------------------------
+# The trainer's internals, in one place.
+
+
+@dataclasses.dataclass
+class Built:
+    """What `_build` hands the planner."""
+
+    mesh: Any
+    train_step: Callable  # jitted (state, batch) -> (state, metrics)
+    eval_fns: dict[str, tuple[Callable, tuple]]  # name -> (jitted fn, abstract args)
+    train_args: tuple  # abstract (state, batch) with shardings
+    grad_accum_steps: int
+    eval_calls_per_batch: dict[str, int]  # how often each eval fn runs per eval batch
+
+
+def batch_shapes(config, batch_size: int, *, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
+    """Abstract batch as the data pipeline yields it (int32 features, uint8 images)."""
+    length, spans = config.data.max_seq_length, config.data.max_spans
+    i32 = jnp.int32
+    out = {
+        "input_ids": ((batch_size, length), i32),
+        "input_mask": ((batch_size, length), i32),
+        "span_starts": ((batch_size, spans), i32),
+        "span_ends": ((batch_size, spans), i32),
+    }
+    if train:
+        out.update({
+            "start_positions": ((batch_size, length), i32),
+            "end_positions": ((batch_size, length), i32),
+            "polarity_labels": ((batch_size, spans), i32),
+            "span_mask": ((batch_size, spans), i32),
+        })
+    else:
+        out.update({"mask": ((batch_size,), i32), "row": ((batch_size,), i32)})
+    if config.model.use_images:
+        if config.data.get("feature_cache"):
+            raise PlanError("planning configs with data.feature_cache (cached image features) is not supported")
+        crop = config.data.crop_size
+        out["image"] = ((batch_size, crop, crop, 3), jnp.uint8)
+    return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in out.items()}
+
+
+def _build(config, devices, *, activation_constraints: bool = True) -> Built:
+    """Builds the config's jitted train step and eval functions over ``devices``.
+
+    The only function here that knows how the trainer assembles a model,
+    optimizer, state and steps (`jml_jax.experiment`); repoint it when that
+    assembly moves.
+    """
+    from jml_jax.experiment import build_experiment
+    from jml_jax.sharding import batch_sharding
+
+    exp = build_experiment(config, devices=devices, num_train_steps=1000)
+    if not activation_constraints:  # the step without rules: model-code constraints are no-ops
+        exp = dataclasses.replace(exp, rules=None)
+    bsh = batch_sharding(exp.mesh)
+    step = exp.make_train_step()
+    state = exp.abstract_state  # ShapeDtypeStructs carrying their shardings
+
+    def with_batch_sharding(b):
+        return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh) for k, v in b.items()}
+
+    train_batch = with_batch_sharding(batch_shapes(config, int(config.batch_size), train=True))
+    evaluator = exp.make_evaluator()
+    eval_batch = with_batch_sharding(batch_shapes(config, int(config.eval_batch_size), train=False))
+    extract_args = (state.params, state.batch_stats, eval_batch)
+    _, kept = jax.eval_shape(evaluator._extract, *extract_args)
+    kept = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=bsh), kept)
+    classify_args = (state.params, state.batch_stats, kept, eval_batch["input_mask"],
+                     eval_batch["span_starts"], eval_batch["span_ends"])
+    return Built(
+        mesh=exp.mesh,
+        train_step=step,
+        eval_fns={"extract": (evaluator._extract, extract_args), "classify": (evaluator._classify, classify_args)},
+        train_args=(state, train_batch),
+        grad_accum_steps=int(config.optimizer.grad_accum_steps),
+        # jml_jax.evaluate.Evaluator.predict_split: one extraction, then
+        # classification of the decoded spans and of the gold spans.
+        eval_calls_per_batch={"extract": 1, "classify": 2},
+    )
+
+
+# ---------------------------------------------------------------------------
+# Reading compiled HLO.
+
+_DTYPE_BYTES = {
+    "pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
+    "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+    "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
+}
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([\w\-]+)\((.*)$")
+_COMP = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
+               "ragged-all-to-all", "collective-broadcast")
+def _arrays(shape_text: str) -> list[tuple[str, tuple[int, ...]]]:
+    out = []
+    for dtype, dims in _ARRAY.findall(shape_text):
+        if dtype in _DTYPE_BYTES:
+            out.append((dtype, tuple(int(d) for d in dims.split(",") if d)))
+    return out
+
+
+@dataclasses.dataclass
+class _Instr:
+    name: str
+    shape: str
+    op: str
+    rest: str
+
+
+def _split_operands(rest: str) -> tuple[str, str]:
+    """``'a, b), attr=...'`` -> (``'a, b'``, ``'attr=...'``), matching parentheses."""
+    depth = 1
+    for i, ch in enumerate(rest):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return rest[:i], rest[i + 1:]
+    return rest, ""
+
+
+def _parse_module(text: str) -> tuple[dict[str, list[_Instr]], str]:
+    comps: dict[str, list[_Instr]] = {}
+    entry = ""
+    current = None
+    for line in text.splitlines():
+        if current is None:
+            m = _COMP.match(line)
+            if m and "=" not in line.split("(")[0]:
+                current = m.group(2)
+                comps[current] = []
+                if m.group(1):
+                    entry = current
+            continue
+        if line.strip() == "}":
+            current = None
+            continue
+        m = _INSTR.match(line)
+        if m:
+            comps[current].append(_Instr(m.group(1), m.group(2), m.group(3), m.group(4)))
+    return comps, entry
+
+
+def _attr(attrs: str, key: str) -> str | None:
+    m = re.search(rf"\b{key}=([^\s,]+(?:\{{[^}}]*\}})?)", attrs)
+    return m.group(1) if m else None
+
+
+def _dims_list(value: str | None) -> list[int]:
+    if not value:
+        return []
+    return [int(d) for d in re.findall(r"\d+", value)]
+
+
+@dataclasses.dataclass
+class HloSummary:
+    """Loop-aware counts over one compiled (per-device) HLO module."""
+
+    loops: list[dict]  # {'body', 'trip_count' (None if unknown), 'times': runs of the loop per step}
+    collectives: dict[str, dict[str, int]]  # kind -> {'count', 'bytes'} per step
+    leading_sizes: dict[tuple[int, ...], int]  # watched trailing dims -> largest leading size x trips
+
+
+def summarize_hlo(text: str, watch_trailing: Sequence[tuple[int, ...]] = ()) -> HloSummary:
+    """Counts an optimized HLO module's loops and collectives, with loop trip counts.
+
+    ``watch_trailing``: activation shapes ``[b, *trailing]`` whose most common
+    leading size ``b`` (times the trip counts of the loops that hold it) is
+    reported, e.g. ``(L, hidden)`` for BERT's hidden states: the examples each
+    device computes per step.
+    """
+    comps, entry = _parse_module(text)
+    edges: list[tuple[str, str, float]] = []  # (caller, callee, runs per caller run)
+    loops = []
+    for c, instrs in comps.items():
+        for ins in instrs:
+            _, attrs = _split_operands(ins.rest)
+            if ins.op == "while":
+                body, cond = (_attr(attrs, "body") or "").lstrip("%"), (_attr(attrs, "condition") or "").lstrip("%")
+                trip = _trip_count(attrs, comps.get(cond, []))
+                loops.append({"computation": c, "body": body, "trip_count": trip})
+                edges.append((c, body, float(trip or 1)))
+                continue
+            if ins.op in ("reduce", "reduce-window", "scatter", "select-and-scatter", "sort", "all-reduce",
+                          "all-reduce-start", "reduce-scatter", "map"):
+                continue  # scalar reducers, not work of their own
+            for key in ("calls", "to_apply"):
+                callee = _attr(attrs, key)
+                if callee:
+                    edges.append((c, callee.lstrip("%"), 1.0))
+            branches = re.search(r"branch_computations=\{([^}]*)\}", attrs)
+            if branches:
+                for b in branches.group(1).split(","):
+                    edges.append((c, b.strip().lstrip("%"), 1.0))
+    with_trips = {c: 0.0 for c in comps}
+    once = {c: 0.0 for c in comps}
+    if entry:
+        with_trips[entry] = once[entry] = 1.0
+    for c in _topological(comps, edges, entry):
+        for caller, callee, times in edges:
+            if caller == c and callee in comps:
+                with_trips[callee] += with_trips[c] * times
+                once[callee] += once[c]
+    for loop in loops:
+        loop["times"] = int(with_trips.get(loop.pop("computation"), 0.0))
+    collectives: dict[str, dict[str, int]] = {}
+    seen_sizes: dict[tuple[int, ...], dict[int, int]] = {}  # trailing -> {size x trips: instructions}
+    watch = [tuple(t) for t in watch_trailing]
+    for c, instrs in comps.items():
+        n, n1 = with_trips[c], once[c]
+        if n == 0:
+            continue
+        for ins in instrs:
+            op = ins.op
+            kind = op[:-6] if op.endswith("-start") else op
+            if kind in COLLECTIVES and not op.endswith("-done"):
+                size = max((_DTYPE_BYTES[d] * math.prod(s) for d, s in _arrays(ins.shape)), default=0)
+                entry_ = collectives.setdefault(kind, {"count": 0, "bytes": 0})
+                entry_["count"] += int(n)
+                entry_["bytes"] += int(n * size)
+            for _, dims in _arrays(ins.shape) if watch else ():
+                for t in watch:
+                    if len(dims) == len(t) + 1 and dims[1:] == t:
+                        size = dims[0] * int(round(n / max(n1, 1.0)))
+                        counts = seen_sizes.setdefault(t, {})
+                        counts[size] = counts.get(size, 0) + 1
+    # The size most instructions work at (a stray reshape or gather of the
+    # local rows does not count).
+    leading = {t: max(counts, key=counts.get) for t, counts in seen_sizes.items()}
+    return HloSummary(loops, collectives, leading)
+
+
+def _trip_count(attrs: str, cond: list[_Instr]) -> int | None:
+    m = re.search(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"', attrs)
+    if m:
+        return int(m.group(1))
+    consts = {}
+    for ins in cond:
+        if ins.op == "constant":
+            v = re.match(r"\s*(-?\d+)\)", ins.rest)
+            if v:
+                consts[ins.name] = int(v.group(1))
+    for ins in cond:
+        if ins.op == "compare" and "direction=LT" in ins.rest:
+            operands, _ = _split_operands(ins.rest)
+            for name in re.findall(r"%([\w.\-]+)", operands):
+                if name in consts:
+                    return consts[name]
+    return None
+
+
+def _topological(comps, edges, entry) -> list[str]:
+    children: dict[str, list[str]] = {}
+    for caller, callee, _ in edges:
+        children.setdefault(caller, []).append(callee)
+    seen, order = set(), []
+
+    def visit(c):
+        if c in seen or c not in comps:
+            return
+        seen.add(c)
+        for k in children.get(c, []):
+            visit(k)
+        order.append(c)
+
+    for c in [entry] + list(comps):
+        if c:
+            visit(c)
+    return order[::-1]
+
+
+def xla_cost(text: str, entry: str | None = None) -> dict[str, float]:
+    """XLA's cost model (flops, bytes accessed) of an HLO module's text, or of one of its
+    computations as if it were the entry (how a while-loop body is costed once)."""
+    from jax._src.lib import _jax
+    from jaxlib import _hlo
+
+    if entry is not None:
+        out = ["HloModule loop_body"]
+        for line in text.splitlines()[1:]:
+            if line.startswith("ENTRY "):
+                line = line[len("ENTRY "):]
+            m = _COMP.match(line)
+            if m and m.group(2) == entry:
+                line = "ENTRY " + line
+            out.append(line)
+        text = "\n".join(out)
+    module = _hlo.hlo_module_from_text(text)
+    cost = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
+    return {"flops": float(cost.get("flops", 0.0)), "bytes accessed": float(cost.get("bytes accessed", 0.0))}
+
+
+# ---------------------------------------------------------------------------
+# Compiling and reporting.
+
+
+def _compile(fn, args) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def _cost(compiled) -> dict[str, float]:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return dict(cost or {})
+
+
+def analyse(compiled, compile_seconds: float, chip: ChipSpec, watch_trailing=()) -> dict[str, Any]:
+    """One compiled function -> per-chip memory, loop-corrected cost, collectives, roofline."""
+    mem = compiled.memory_analysis()
+    cost = _cost(compiled)
+    text = compiled.as_text()
+    hlo = summarize_hlo(text, watch_trailing)
+    flops = float(cost.get("flops", 0.0))
+    bytes_accessed = float(cost.get("bytes accessed", 0.0))
+    repeated = [loop for loop in hlo.loops if (loop["trip_count"] or 1) > 1]
+    if repeated:
+        # XLA counted each loop body once: add the other (trip - 1) runs, costed
+        # by XLA's cost model on the body alone. The host cost model counts
+        # bytes differently from the TPU's; its ratio on the whole module
+        # rescales the body's bytes.
+        whole = xla_cost(text)
+        ratio = bytes_accessed / whole["bytes accessed"] if whole["bytes accessed"] else 1.0
+        for loop in repeated:
+            body = xla_cost(text, loop["body"])
+            extra = loop["times"] * (loop["trip_count"] - 1)
+            loop["body_flops"] = body["flops"]
+            flops += extra * body["flops"]
+            bytes_accessed += extra * body["bytes accessed"] * ratio
+    arg, out, temp = mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.temp_size_in_bytes
+    alias = getattr(mem, "alias_size_in_bytes", 0)
+    code = getattr(mem, "generated_code_size_in_bytes", 0)
+    total = arg + out - alias + temp + code
+    compute_s = flops / chip.peak_bf16_flops_per_s
+    memory_s = bytes_accessed / chip.hbm_bytes_per_s
+    step_s = max(compute_s, memory_s)
+    return {
+        "argument_bytes": int(arg), "output_bytes": int(out), "alias_bytes": int(alias),
+        "temp_bytes": int(temp), "code_bytes": int(code), "total_bytes": int(total),
+        "flops": flops, "bytes_accessed": bytes_accessed,
+        "xla_flops_loop_bodies_once": float(cost.get("flops", 0.0)),
+        "unknown_trip_counts": sum(1 for loop in hlo.loops if loop["trip_count"] is None),
+        "loops": hlo.loops,
+        "collectives": [{"kind": k, **v} for k, v in sorted(hlo.collectives.items())],
+        "compile_seconds": round(compile_seconds, 1),
+        "roofline_compute_seconds": compute_s, "roofline_memory_seconds": memory_s,
+        "roofline_seconds": step_s, "bound": "compute" if compute_s >= memory_s else "memory",
+        "mfu_bound": compute_s / step_s if step_s else 0.0,
+        "_leading": hlo.leading_sizes,
+    }
+
+
+def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Sequence[str] = ("train", "eval"),
+         activation_constraints: bool = True) -> dict[str, Any]:
+    """Compiles ``steps`` of ``config`` for ``topology`` and returns the plan (JSON-ready).
+
+    Args:
+      config: an experiment config (it is copied; ``mesh`` overrides its mesh_shape).
+      topology: e.g. ``'v5e:2x4'``; the chip must be one of `CHIPS`.
+      mesh: ``(data, fsdp, tensor)`` sizes (one may be -1); default: the config's.
+      steps: any of ``'train'``, ``'eval'``.
+      activation_constraints: pass the logical-axis rules to the train step so
+        model-code activation constraints are applied (the trainer's default).
+
+    Raises:
+      PlanError when the topology is unknown, the mesh does not cover it, or a
+      batch does not divide over the batch axes.
+    """
+    from jml_jax.mesh import resolve_mesh_shape
+
+    unknown = sorted(set(steps) - {"train", "eval"})
+    if unknown or not steps:
+        raise PlanError(f"steps {list(steps)}: choose from 'train', 'eval'")
+    chip = chip_of(topology)
+    devices = topology_devices(topology)
+    config = config.copy_and_resolve_references()
+    shape = tuple(mesh) if mesh is not None else tuple(config.mesh_shape)
+    try:
+        sizes = resolve_mesh_shape(shape, len(devices))
+    except ValueError as err:
+        raise PlanError(f"mesh {shape} does not fit topology {topology} ({len(devices)} chips): {err}") from None
+    with config.unlocked():
+        config.mesh_shape = sizes
+    mesh_sizes = dict(zip(MESH_AXES, sizes))
+    shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
+    global_batch, eval_batch = int(config.batch_size), int(config.eval_batch_size)
+    accum = int(config.optimizer.grad_accum_steps)
+    for what, b in (("batch_size", global_batch), ("eval_batch_size", eval_batch)):
+        if b % shards:
+            raise PlanError(
+                f"{what}={b} does not divide over data*fsdp={shards} devices of mesh {mesh_sizes}; "
+                f"choose a batch that is a multiple of {shards} or another mesh"
+            )
+    if global_batch % accum:
+        raise PlanError(f"batch_size={global_batch} is not a multiple of grad_accum_steps={accum}")
+
+    try:
+        built = _build(config, devices, activation_constraints=activation_constraints)
+    except ValueError as err:  # e.g. groups that do not divide over the batch axes
+        raise PlanError(f"{topology} mesh {mesh_sizes}: {err}") from err
+    hidden = built.train_args[0].params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape[-1] \
+        if "bert" in built.train_args[0].params else None
+    watch = [(int(config.data.max_seq_length), int(hidden))] if hidden else []
+    result: dict[str, Any] = {
+        "topology": topology, "chip": chip.name, "num_devices": len(devices),
+        "mesh": mesh_sizes, "dtype": str(config.model.dtype),
+        "global_batch": global_batch, "grad_accum_steps": accum,
+        "rows_per_device": global_batch // shards,
+        "hbm_bytes": chip.hbm_bytes,
+        "chip_spec": dataclasses.asdict(chip),
+        "activation_constraints": bool(activation_constraints),
+        "estimate": "compile-time estimate (XLA cost model + published chip peaks), not a measured time",
+    }
+    if "train" in steps:
+        compiled, secs = _compile(built.train_step, built.train_args)
+        train = analyse(compiled, secs, chip, watch)
+        leading = train.pop("_leading")
+        pdb = leading.get(watch[0]) if watch else None
+        result.update({
+            "per_device_batch": pdb if pdb is not None else global_batch // shards,
+            "argument_bytes": train["argument_bytes"], "output_bytes": train["output_bytes"],
+            "temp_bytes": train["temp_bytes"], "total_bytes": train["total_bytes"],
+            "fits": train["total_bytes"] <= chip.hbm_bytes,
+            "flops_per_step": train["flops"], "bytes_accessed": train["bytes_accessed"],
+            "collectives": train["collectives"], "compile_seconds": train["compile_seconds"],
+            "roofline_step_seconds": train["roofline_seconds"], "mfu_bound": train["mfu_bound"],
+            "train_flops_per_example": train["flops"] * len(devices) / global_batch,
+            "train": train,
+        })
+        if pdb is not None and pdb > global_batch // shards:
+            result["replicated_work"] = (
+                f"each device computes {pdb} examples per step although it holds "
+                f"{global_batch // shards} rows: work is replicated over the batch axes"
+            )
+    if "eval" in steps:
+        evals, eval_flops, eval_seconds = {}, 0.0, 0.0
+        for name, (fn, args) in built.eval_fns.items():
+            compiled, secs = _compile(fn, args)
+            a = analyse(compiled, secs, chip)
+            a.pop("_leading")
+            a["calls_per_batch"] = built.eval_calls_per_batch[name]
+            evals[name] = a
+            eval_flops += a["flops"] * a["calls_per_batch"]
+            eval_seconds += a["roofline_seconds"] * a["calls_per_batch"]
+        result.update({
+            "eval_batch": eval_batch,
+            "eval_flops_per_example": eval_flops * len(devices) / eval_batch,
+            "eval_roofline_batch_seconds": eval_seconds,
+            "eval_total_bytes": max(e["total_bytes"] for e in evals.values()),
+            "eval": evals,
+        })
+        result["compile_seconds"] = round(result.get("compile_seconds", 0.0)
+                                          + sum(e["compile_seconds"] for e in evals.values()), 1)
+        result.setdefault("fits", True)
+        result["fits"] = result["fits"] and result["eval_total_bytes"] <= chip.hbm_bytes
+    return result
+
+
+def run_estimate(plan_: dict[str, Any], config, *, train_examples: int, eval_examples: Sequence[int]) -> dict[str, Any]:
+    """Wall time of a full run at the plan's roofline: train steps plus every evaluation.
+
+    Uses the trainer's own schedule (steps per epoch, eval cadence, eval start);
+    host-side decoding, input pipelines and checkpoints are not counted.
+    """
+    from jml_jax.train import Schedule
+
+    sched = Schedule.from_config(config, train_examples)
+    evals = sum(1 for s in range(1, sched.total_steps + 1) if sched.is_eval_step(s))
+    batches = sum(math.ceil(n / int(config.eval_batch_size)) for n in eval_examples)
+    train_s = sched.total_steps * plan_["roofline_step_seconds"]
+    eval_s = evals * batches * plan_.get("eval_roofline_batch_seconds", 0.0)
+    return {
+        "train_examples": train_examples, "eval_examples": list(eval_examples),
+        "steps_per_epoch": sched.steps_per_epoch, "total_steps": sched.total_steps,
+        "evaluations": evals, "eval_batches_per_evaluation": batches,
+        "train_seconds": train_s, "eval_seconds": eval_s, "total_seconds": train_s + eval_s,
+    }
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def summary_line(p: dict[str, Any]) -> str:
+    """One line for logs: where, how much memory, how fast at the roofline."""
+    if "error" in p:
+        return f"{p['topology']} mesh {p.get('mesh')}: cannot plan: {p['error']}"
+    mesh = "x".join(str(v) for v in p["mesh"].values())
+    parts = [f"{p['topology']} mesh {mesh} ({'/'.join(p['mesh'])})"]
+    if "total_bytes" in p:
+        parts.append(f"train {_gib(p['total_bytes'])} of {_gib(p['hbm_bytes'])} per chip "
+                     f"({'fits' if p['fits'] else 'does NOT fit'}), per-device batch {p['per_device_batch']}, "
+                     f"{p['flops_per_step'] / 1e12:.3f} TFLOP/chip/step, roofline {p['roofline_step_seconds'] * 1e3:.1f} ms "
+                     f"(MFU bound {p['mfu_bound']:.2f})")
+    if "eval_roofline_batch_seconds" in p:
+        parts.append(f"eval batch {p['eval_roofline_batch_seconds'] * 1e3:.1f} ms")
+    parts.append(f"compiled in {p['compile_seconds']:.0f} s")
+    return "; ".join(parts)
+
+
+def plan_or_error(config, topology: str, mesh: Sequence[int] | None, **kwargs) -> dict[str, Any]:
+    """`plan`, or a row that carries the `PlanError` message (for tables)."""
+    try:
+        return plan(config, topology, mesh, **kwargs)
+    except PlanError as err:
+        return {"topology": topology, "mesh": dict(zip(MESH_AXES, mesh)) if mesh else None, "error": str(err)}
+
+
+# ---------------------------------------------------------------------------
+# The scale table (docs/scale.md).
+
+# (topology, mesh) rows of the scale table: each slice with its plain
+# data-parallel mesh and an FSDP mesh. The paper config has 8 groups
+# (grad_accum_steps), and one-pass accumulation puts whole groups on each
+# device, so 64 data-parallel devices are refused by name; the v5e-64 rows
+# that plan use tensor parallelism for the devices past 8.
+TABLE_ROWS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("v5e:2x4", (8, 1, 1)),
+    ("v5e:2x4", (1, 8, 1)),
+    ("v5p:2x2x1", (4, 1, 1)),
+    ("v5p:2x2x1", (1, 4, 1)),
+    ("v5e:8x8", (64, 1, 1)),
+    ("v5e:8x8", (8, 1, 8)),
+)
+
+# Twitter-2015 (the paper's Table 1; data/README): sentences per split.
+TWITTER2015 = {"train": 2101, "dev": 727, "test": 674}
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+
+
+def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") -> str:
+    """Markdown for docs/scale.md from plans (`plan` results or error rows)."""
+    lines = [
+        "# Scale: the paper model on TPU slices, planned at compile time",
+        "",
+        "Generated by `jml_jax/plan.py` (`python -m launch.plan --table=...`); do not edit by hand.",
+        "",
+        "**These are compile-time estimates, not measured times.** Each row compiles the real",
+        "train step and eval functions of the config for the slice with libtpu's compile-only",
+        "client (no TPU attached): per-chip memory is XLA's `memory_analysis()`, FLOPs and bytes",
+        "its `cost_analysis()` (loop bodies multiplied by their trip counts), and the step time a",
+        "roofline: max(FLOPs / peak bf16 FLOP/s, bytes accessed / HBM bandwidth) per chip, from",
+        "the chips' published specifications (`jml_jax.plan.CHIPS`, sources below). Collectives,",
+        "host input and decoding are not in the roofline, so real steps are slower.",
+        "",
+    ]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += [
+        "| slice | chips | mesh (data,fsdp,tensor) | per-device batch | train memory / chip | fits | "
+        "eval memory / chip | TFLOP / chip / step | roofline step | bound | 50-epoch run (train + evals) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for p in rows:
+        mesh = ",".join(str(v) for v in (p.get("mesh") or {}).values()) or "config"
+        if "error" in p:
+            lines.append(f"| {p['topology']} | | {mesh} | refused: see note | | | | | | | |")
+            notes.append(f"- {p['topology']} mesh {mesh}: {p['error']}")
+            continue
+        run = run_estimate(p, config, train_examples=TWITTER2015["train"],
+                           eval_examples=(TWITTER2015["dev"], TWITTER2015["test"]))
+        p["run_estimate"] = run
+        lines.append(
+            f"| {p['topology']} | {p['num_devices']} | {mesh} | {p['per_device_batch']} | "
+            f"{_gib(p['total_bytes'])} | {'yes' if p['fits'] else 'NO'} | "
+            f"{_gib(p['eval_total_bytes']) if 'eval_total_bytes' in p else 'n/a'} | "
+            f"{p['flops_per_step'] / 1e12:.3f} | {p['roofline_step_seconds'] * 1e3:.1f} ms | {p['train']['bound']} | "
+            f"{_hours(run['total_seconds'])} ({_hours(run['train_seconds'])} + {_hours(run['eval_seconds'])}) |"
+        )
+    first = next((p for p in rows if "error" not in p), None)
+    if first is not None and "run_estimate" in first:
+        r = first["run_estimate"]
+        lines += [
+            "",
+            f"The run: Twitter-2015, {r['train_examples']} training sentences, batch "
+            f"{first['global_batch']} -> {r['steps_per_epoch']} steps per epoch, {r['total_steps']} steps in "
+            f"{config.num_epochs} epochs; {r['evaluations']} evaluations ({config.eval_per_epoch} per epoch after the "
+            f"first {config.eval_start_fraction:.0%} of steps), each {r['eval_batches_per_evaluation']} batches of "
+            f"{first.get('eval_batch', '?')} over dev ({TWITTER2015['dev']}) and test ({TWITTER2015['test']}), "
+            "one extraction and two classifications per batch (host decoding not counted).",
+        ]
+    if notes:
+        lines += ["", "Refused plans:", ""] + notes
+    lines += ["", "Chips (published per-chip figures used by the roofline):", "",
+              "| chip | peak bf16 FLOP/s | HBM | HBM bandwidth | source |", "|---|---|---|---|---|"]
+    for chip in CHIPS.values():
+        lines.append(f"| {chip.name} | {chip.peak_bf16_flops_per_s / 1e12:.0f} T | {_gib(chip.hbm_bytes)} | "
+                     f"{chip.hbm_bytes_per_s / 1e9:.0f} GB/s | {chip.source} |")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Compile-only planning (jml_jax/plan.py, launch/plan.py) on a TPU v5e 2x2 topology.
+
+Needs libtpu (requirements-plan.txt); without it every test here skips.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+# libtpu's compile-only client: no metadata server, and no fight over the
+# one-process lock with other JAX processes on this host.
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+pytest.importorskip(
+    "libtpu", reason="libtpu is not installed: pip install -r requirements-plan.txt (compile-only TPU planning)"
+)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from jml_jax import plan as plan_lib  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FIELDS = (
+    "topology", "num_devices", "mesh", "global_batch", "per_device_batch", "grad_accum_steps",
+    "train_flops_per_example", "eval_flops_per_example", "argument_bytes", "output_bytes", "temp_bytes",
+    "total_bytes", "hbm_bytes", "fits", "flops_per_step", "bytes_accessed", "collectives",
+    "compile_seconds", "roofline_step_seconds", "mfu_bound",
+)
+
+
+def tiny_config():
+    """The demo's tiny text-only model: 4 groups of 2 sentences per step."""
+    from configs import demo
+
+    c = demo.get_config("text_only")
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.optimizer.grad_accum_steps = 4
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_plan():
+    return plan_lib.plan(tiny_config(), "v5e:2x2", (2, 1, 2))
+
+
+def test_plan_reports_every_field(tiny_plan):
+    p = json.loads(json.dumps(tiny_plan))  # JSON-ready
+    missing = [f for f in FIELDS if f not in p]
+    assert not missing, missing
+    assert p["topology"] == "v5e:2x2" and p["num_devices"] == 4
+    assert p["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2}
+    assert p["global_batch"] == 8 and p["grad_accum_steps"] == 4
+    # 4 groups of 2 over data=2: each device computes its own 2 groups, nothing replicated.
+    assert p["per_device_batch"] == 4
+    assert "replicated_work" not in p
+    assert p["hbm_bytes"] == plan_lib.CHIPS["v5e"].hbm_bytes
+    assert p["fits"] is True
+    assert 0 < p["temp_bytes"] and 0 < p["argument_bytes"] <= p["total_bytes"] < p["hbm_bytes"]
+    assert p["flops_per_step"] > 0 and p["bytes_accessed"] > 0
+    assert p["train_flops_per_example"] == pytest.approx(p["flops_per_step"] * 4 / 8)
+    assert p["eval_flops_per_example"] > 0
+    for c in p["collectives"]:
+        assert set(c) == {"kind", "count", "bytes"} and c["kind"] in plan_lib.COLLECTIVES and c["count"] > 0
+    # tensor=2 shards the weights: the step must gather or reduce something.
+    assert p["collectives"]
+    assert p["roofline_step_seconds"] == max(p["train"]["roofline_compute_seconds"],
+                                             p["train"]["roofline_memory_seconds"]) > 0
+    assert 0 < p["mfu_bound"] <= 1
+    assert set(p["eval"]) == {"extract", "classify"}
+
+
+def test_run_estimate_follows_the_schedule(tiny_plan):
+    c = tiny_config()
+    run = plan_lib.run_estimate(tiny_plan, c, train_examples=80, eval_examples=(20, 12))
+    assert run["steps_per_epoch"] == 10 and run["total_steps"] == 10 * c.num_epochs
+    assert run["eval_batches_per_evaluation"] == 3 + 2
+    assert run["total_seconds"] == pytest.approx(
+        run["total_steps"] * tiny_plan["roofline_step_seconds"]
+        + run["evaluations"] * 5 * tiny_plan["eval_roofline_batch_seconds"])
+    table = plan_lib.scale_table([tiny_plan, {"topology": "v5e:2x2", "mesh": {"data": 3}, "error": "no"}], c)
+    assert "not measured times" in table and "| v5e:2x2 | 4 | 2,1,2 | 4 |" in table
+
+
+def test_loops_are_counted_trip_count_times():
+    """cost_analysis counts a while body once; the planner multiplies it."""
+    devices = plan_lib.topology_devices("v5e:2x2")
+    mesh = jax.make_mesh((4,), ("d",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    w = jax.ShapeDtypeStruct((256, 256), jnp.float32, sharding=rep)
+    x = jax.ShapeDtypeStruct((6, 64, 256), jnp.float32, sharding=rep)
+
+    def scanned(w, x):
+        return jax.lax.scan(lambda c, xi: (c + jnp.sum(xi @ w), None), 0.0, x)[0]
+
+    compiled, secs = plan_lib._compile(jax.jit(scanned), (w, x))
+    a = plan_lib.analyse(compiled, secs, plan_lib.CHIPS["v5e"])
+    assert a["loops"] and a["loops"][0]["trip_count"] == 6 and a["loops"][0]["times"] == 1
+    matmul = 2 * 64 * 256 * 256
+    assert a["xla_flops_loop_bodies_once"] < 2 * matmul  # XLA's own count: one iteration
+    assert a["flops"] == pytest.approx(6 * matmul, rel=0.05)
+
+
+def test_clear_errors_before_compiling():
+    c = tiny_config()
+    with pytest.raises(plan_lib.PlanError, match="does not fit topology"):
+        plan_lib.plan(c, "v5e:2x2", (8, 1, 1))
+    c.batch_size = 6
+    c.optimizer.grad_accum_steps = 1
+    with pytest.raises(plan_lib.PlanError, match="batch_size=6 does not divide"):
+        plan_lib.plan(c, "v5e:2x2", (4, 1, 1))
+    with pytest.raises(plan_lib.PlanError, match="unknown chip"):
+        plan_lib.chip_of("v9z:2x2")
+    with pytest.raises(plan_lib.PlanError, match="must have 3 sizes"):
+        plan_lib.parse_mesh("8,1")
+
+
+def test_cli_names_a_mesh_that_does_not_fit():
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.plan", "--config=configs/demo.py:text_only", "--topology=v5e:2x2",
+         "--mesh=3,1,1", "--steps=train", "--cache_dir="],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "does not fit topology v5e:2x2 (4 chips)" in proc.stderr
