@@ -22,6 +22,7 @@ pytest.importorskip(
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from jml_jax import hlo_stats  # noqa: E402
 from jml_jax import plan as plan_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +68,7 @@ def test_plan_reports_every_field(tiny_plan):
     assert p["train_flops_per_example"] == pytest.approx(p["flops_per_step"] * 4 / 8)
     assert p["eval_flops_per_example"] > 0
     for c in p["collectives"]:
-        assert set(c) == {"kind", "count", "bytes"} and c["kind"] in plan_lib.COLLECTIVES and c["count"] > 0
+        assert set(c) == {"kind", "count", "bytes"} and c["kind"] in hlo_stats.COLLECTIVES and c["count"] > 0
     # tensor=2 shards the weights: the step must gather or reduce something.
     assert p["collectives"]
     assert p["roofline_step_seconds"] == max(p["train"]["roofline_compute_seconds"],
