@@ -395,7 +395,7 @@ def _gib(n: float) -> str:
 def summary_line(p: dict[str, Any]) -> str:
     """One line for logs: where, how much memory, how fast at the roofline."""
     if "error" in p:
-        return f"{p['topology']} mesh {p.get('mesh')}: cannot plan: {p['error']}"
+        return f"cannot plan: {p['error']}"
     mesh = "x".join(str(v) for v in p["mesh"].values())
     parts = [f"{p['topology']} mesh {mesh} ({'/'.join(p['mesh'])})"]
     if "total_bytes" in p:
