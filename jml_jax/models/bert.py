@@ -51,12 +51,15 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-# Logical axis names, mapped to mesh axes by the sharding rules.
-VOCAB = "vocab"
-EMBED = "embed"
-HEADS = "heads"
-MLP = "mlp"
-NORM = "norm"
+# Logical axis names (jml_jax/axes.py), mapped to mesh axes by the sharding rules.
+from jml_jax.axes import BATCH, EMBED, HEADS, LENGTH, MLP, NORM, VOCAB
+from jml_jax.sharding import constrain
+
+# Activation layouts, pinned while a step is traced with rules
+# (`jml_jax.sharding.constrain`; a no-op otherwise): hidden states split over
+# the batch axes only, the q/k/v projections over heads and the FFN width over
+# ``tensor``, as the kernels they come from (Megatron-style).
+HIDDEN = (BATCH, LENGTH, EMBED)
 
 # The original extended attention mask value (§11); transformers uses finfo.min.
 # Both give exp(.) == 0 in float32, so outputs agree at every position.
@@ -210,7 +213,7 @@ class BertEmbeddings(nn.Module):
         )
         # Sum in float32, as PyTorch does, before the float32 LayerNorm.
         x = _layer_norm(x + pos + tok, cfg.layer_norm_eps, self.dtype, "LayerNorm")
-        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return constrain(nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic), HIDDEN)
 
 
 class BertSelfAttention(nn.Module):
@@ -229,7 +232,7 @@ class BertSelfAttention(nn.Module):
 
         def proj(name):
             y = _dense(cfg.hidden_size, (EMBED, HEADS), self.dtype, name)(x)
-            return y.reshape(b, length, heads, head_dim)
+            return constrain(y, (BATCH, LENGTH, HEADS)).reshape(b, length, heads, head_dim)
 
         q, k, v = proj("query"), proj("key"), proj("value")
         # Scores accumulate and stay in float32 for the float32 softmax.
@@ -258,7 +261,7 @@ class BertOutputBlock(nn.Module):
         y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
         # Residual sum in float32, ahead of the float32 LayerNorm.
         y = y.astype(jnp.float32) + residual.astype(jnp.float32)
-        return _layer_norm(y, cfg.layer_norm_eps, self.dtype, "LayerNorm")
+        return constrain(_layer_norm(y, cfg.layer_norm_eps, self.dtype, "LayerNorm"), HIDDEN)
 
 
 class BertAttention(nn.Module):
@@ -288,7 +291,7 @@ class _Intermediate(nn.Module):
     @nn.compact
     def __call__(self, x):
         y = _dense(self.config.intermediate_size, (EMBED, MLP), self.dtype, "dense")(x)
-        return jax.nn.gelu(y, approximate=False)
+        return constrain(jax.nn.gelu(y, approximate=False), (BATCH, LENGTH, MLP))
 
 
 class BertLayer(nn.Module):
