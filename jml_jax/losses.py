@@ -18,12 +18,15 @@ Faithful by default (`original-jml-code.md` §5):
 Normalisation and gradient accumulation. The original normalises each loss
 per *mini-batch* of 4 sentences (mean over its rows, masked mean over its
 spans), divides the total by the 8 accumulation steps and sums the gradients
-of 8 mini-batches (§5.3, §5.4). `jml_jax.steps.make_train_step` calls
-the loss once per micro-batch and averages the results, so when its
-micro-batches are the original's mini-batches it reproduces that arithmetic
-exactly. Calling `jml_loss` once on the whole effective batch of 32 instead
-gives the same MATE term but a different MASC term (one masked mean over all
-spans of 32 sentences instead of the average of 8 per-mini-batch means).
+of 8 mini-batches (§5.3, §5.4). `jml_jax.steps.make_train_step` keeps that
+arithmetic in both of its accumulation modes: "scan" calls the loss once per
+micro-batch (``groups=1``) and averages the results; "one_pass" calls it once
+on the whole effective batch with ``groups=8``, and `jml_loss` then normalises
+each contiguous group of rows on its own and averages the 8 group losses,
+which is the same number. Calling `jml_loss` on the batch of 32 with
+``groups=1`` instead gives the same MATE term but a different MASC term (one
+masked mean over all spans of 32 sentences instead of the average of 8
+per-mini-batch means).
 
 Inside `jax.jit` with a batch sharded over devices, the sums below are global
 (XLA inserts the reductions), so data parallelism does not change the values.
@@ -176,8 +179,9 @@ def jml_loss(
     *,
     boundary_mask: Optional[jax.Array] = None,
     valid_rows: Optional[jax.Array] = None,
+    groups: int = 1,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Joint loss L = L_ae + L_ac (1:1, §5.3).
+    """Joint loss L = L_ae + L_ac (1:1, §5.3), per group of rows.
 
     Args:
       start_logits, end_logits: [batch, length].
@@ -188,23 +192,57 @@ def jml_loss(
       boundary_mask: optional [batch, length] MATE mask (fix switch).
       valid_rows: optional [batch] 1 for real rows (padding rows of a padded
         batch must also have span_mask 0, which the MASC term relies on).
+      groups: the batch is ``groups`` contiguous groups of batch/groups rows,
+        each one of the original's mini-batches: both terms are normalised
+        within each group (MATE mean over its rows, MASC masked mean over its
+        spans) and the group losses averaged, i.e. the mean of ``groups``
+        calls on the groups (§5.3, §5.4).
 
     Returns:
       (total, {'loss': total, 'mate_loss': L_ae, 'masc_loss': L_ac}), float32
-      scalars. The division by the accumulation steps of the original is done
-      by `jml_jax.steps.make_train_step`, not here.
+      scalars (means over the groups). The division by the accumulation steps
+      of the original is that mean over groups, or the mean over micro-batches
+      taken by `jml_jax.steps.make_train_step`.
     """
-    ae = mate_loss(start_logits, end_logits, start_positions, end_positions,
-                   boundary_mask, valid_rows)
-    if valid_rows is not None:
-        span_mask = _f32(span_mask) * (_f32(valid_rows)[:, None] > 0)
-    ac = polarity_loss(polarity_logits, polarity_labels, span_mask)
+
+    def one(start, end, start_pos, end_pos, pol, labels, spans, bmask, rows):
+        ae = mate_loss(start, end, start_pos, end_pos, bmask, rows)
+        if rows is not None:
+            spans = _f32(spans) * (_f32(rows)[:, None] > 0)
+        ac = polarity_loss(pol, labels, spans)
+        return ae, ac
+
+    args = (start_logits, end_logits, start_positions, end_positions, polarity_logits,
+            polarity_labels, span_mask, boundary_mask, valid_rows)
+    if groups == 1:
+        ae, ac = one(*args)
+    else:
+        ae, ac = jax.vmap(one)(*_split_groups(args, groups))
+        ae, ac = jnp.mean(ae), jnp.mean(ac)
     total = ae + ac
     return total, {"loss": total, "mate_loss": ae, "masc_loss": ac}
 
 
+def _split_groups(arrays, groups: int):
+    """[groups * n, ...] leaves (None kept) -> [groups, n, ...]."""
+
+    def one(x):
+        if x is None:
+            return None
+        x = jnp.asarray(x)
+        if groups < 1 or x.ndim == 0 or x.shape[0] % groups:
+            raise ValueError(f"a loss input of shape {x.shape} does not split into {groups} groups")
+        return x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
+
+    return tuple(one(x) for x in arrays)
+
+
 def relation_loss(
-    logits: jax.Array, labels: jax.Array, valid_rows: Optional[jax.Array] = None
+    logits: jax.Array,
+    labels: jax.Array,
+    valid_rows: Optional[jax.Array] = None,
+    *,
+    groups: int = 1,
 ) -> jax.Array:
     """TRC pre-training loss, §2.4: mean CE over the B*2 rows of [B, 2, 2] logits.
 
@@ -213,11 +251,17 @@ def relation_loss(
         [:, 1] the image-adds (V) logits.
       labels: [batch, 2] integer labels 0/1 for R and V.
       valid_rows: optional [batch] 1 for real rows.
+      groups: mean over each of ``groups`` contiguous groups of rows, then
+        over the groups (one-pass gradient accumulation; equal to the plain
+        mean when no row is padding).
 
     Returns:
       float32 scalar: the R and V cross-entropies averaged together over the
       valid rows.
     """
+    if groups != 1:
+        split = _split_groups((logits, labels, valid_rows), groups)
+        return jnp.mean(jax.vmap(relation_loss)(*split))
     logits = _f32(logits)
     if logits.ndim != 3 or logits.shape[1:] != (2, 2) or labels.shape != logits.shape[:2]:
         raise ValueError(

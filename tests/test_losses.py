@@ -234,3 +234,62 @@ def test_relation_loss_is_mean_ce_over_r_and_v_rows():
     padded = losses.relation_loss(logits, stale, valid_rows=np.array([1, 1, 1, 0]))
     expected3 = -np.mean([lp[b, r, labels[b, r]] for b in range(3) for r in range(2)])
     np.testing.assert_allclose(padded, expected3, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- groups (one-pass accumulation)
+def _random_jml_inputs(rng, batch, length=9, spans=3):
+    s, e = rng.normal(size=(2, batch, length)).astype(np.float32)
+    ys = (rng.random((batch, length)) < 0.2).astype(np.int32)
+    ye = (rng.random((batch, length)) < 0.2).astype(np.int32)
+    ys[:, 1] = ye[:, 2] = 1
+    pol = rng.normal(size=(batch, spans, 4)).astype(np.float32)
+    labels = rng.integers(1, 4, (batch, spans))
+    mask = (rng.random((batch, spans)) < 0.5).astype(np.int32)
+    bmask = np.ones((batch, length), np.int32)
+    bmask[:, -2:] = 0
+    ys[:, -2:] = ye[:, -2:] = 0
+    return s, e, ys, ye, pol, labels, mask, bmask
+
+
+def test_jml_loss_groups_is_the_mean_of_per_group_losses():
+    """groups=4 over 4 contiguous groups of 3 rows == the mean of 4 calls, one
+    per group (§5.3, §5.4), with the boundary mask and a padding row."""
+    rng = np.random.default_rng(9)
+    groups, rows = 4, 3
+    s, e, ys, ye, pol, labels, mask, bmask = _random_jml_inputs(rng, groups * rows)
+    valid = np.ones(groups * rows, np.int32)
+    valid[-1] = 0
+    total, parts = losses.jml_loss(s, e, ys, ye, pol, labels, mask, boundary_mask=bmask,
+                                   valid_rows=valid, groups=groups)
+    per_group = [
+        losses.jml_loss(*(x[g * rows:(g + 1) * rows] for x in (s, e, ys, ye, pol, labels, mask)),
+                        boundary_mask=bmask[g * rows:(g + 1) * rows],
+                        valid_rows=valid[g * rows:(g + 1) * rows])[1]
+        for g in range(groups)
+    ]
+    for key in ("loss", "mate_loss", "masc_loss"):
+        np.testing.assert_allclose(parts[key], np.mean([p[key] for p in per_group]), rtol=1e-6)
+    assert parts["loss"] is total
+    # One masked mean over all spans of the batch is a different number.
+    whole, _ = losses.jml_loss(s, e, ys, ye, pol, labels, mask, boundary_mask=bmask, valid_rows=valid)
+    assert abs(float(whole) - float(total)) > 1e-3
+
+
+def test_relation_loss_groups_is_the_mean_of_per_group_losses():
+    rng = np.random.default_rng(10)
+    logits = rng.normal(size=(6, 2, 2)).astype(np.float32)
+    labels = rng.integers(0, 2, size=(6, 2))
+    valid = np.array([1, 1, 1, 1, 0, 0])
+    got = losses.relation_loss(logits, labels, valid, groups=2)
+    want = np.mean([losses.relation_loss(logits[g * 3:(g + 1) * 3], labels[g * 3:(g + 1) * 3],
+                                         valid[g * 3:(g + 1) * 3]) for g in range(2)])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(losses.relation_loss(logits, labels, groups=3),
+                               losses.relation_loss(logits, labels), rtol=1e-6)
+
+
+def test_loss_groups_must_divide_the_batch():
+    rng = np.random.default_rng(11)
+    s, e, ys, ye, pol, labels, mask, _ = _random_jml_inputs(rng, 6)
+    with pytest.raises(ValueError, match="does not split into 4 groups"):
+        losses.jml_loss(s, e, ys, ye, pol, labels, mask, groups=4)

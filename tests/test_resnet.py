@@ -364,3 +364,81 @@ def test_batch_sharded_train_step_uses_global_batch_statistics():
         upd,
         want_upd,
     )
+
+
+@pytest.mark.parametrize("updates", [1, 2])
+def test_grouped_batchnorm_is_torch_on_each_group_in_turn(updates):
+    """groups=3: each group of 2 rows normalised alone and the running statistics
+    updated group after group, ``updates`` times each (2 = the original's
+    extraction + train forwards, §10.8), as torch's BatchNorm2d does."""
+    groups, rows, c = 3, 2, 5
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((groups * rows, 4, 3, c)).astype(np.float32) * 2.0 + 0.5
+    mean0 = rng.standard_normal(c).astype(np.float32)
+    var0 = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    scale = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+
+    ref = torch.nn.BatchNorm2d(c, eps=1e-5, momentum=0.1).train()
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(scale))
+        ref.bias.copy_(torch.from_numpy(bias))
+        ref.running_mean.copy_(torch.from_numpy(mean0))
+        ref.running_var.copy_(torch.from_numpy(var0))
+        want = []
+        for g in range(groups):
+            xg = torch.from_numpy(x[g * rows:(g + 1) * rows]).permute(0, 3, 1, 2)
+            for _ in range(updates):
+                y = ref(xg)
+            want.append(y.permute(0, 2, 3, 1).numpy())
+    want = np.concatenate(want)
+
+    bn = TorchBatchNorm(use_running_average=False, updates=updates)
+    variables = {"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)},
+                 "batch_stats": {"mean": jnp.asarray(mean0), "var": jnp.asarray(var0)}}
+    y, upd = jax.jit(lambda v, x: bn.apply(v, x, groups, mutable=["batch_stats"]))(variables, x)
+    _assert_close(y, want, atol=1e-5)
+    np.testing.assert_allclose(upd["batch_stats"]["mean"], ref.running_mean.numpy(),
+                               rtol=STATS_TOL, atol=STATS_TOL)
+    np.testing.assert_allclose(upd["batch_stats"]["var"], ref.running_var.numpy(),
+                               rtol=STATS_TOL, atol=STATS_TOL)
+    # One group over all 6 rows would normalise differently.
+    whole, _ = bn.apply(variables, x, mutable=["batch_stats"])
+    assert np.max(np.abs(np.asarray(whole) - want)) > 1e-2
+
+
+def test_batchnorm_groups_must_divide_the_batch_and_updates_be_positive():
+    variables = {"params": {"scale": jnp.ones(4), "bias": jnp.zeros(4)},
+                 "batch_stats": {"mean": jnp.zeros(4), "var": jnp.ones(4)}}
+    with pytest.raises(ValueError, match="does not split into 4 BatchNorm groups"):
+        TorchBatchNorm(use_running_average=False).apply(
+            variables, jnp.ones((6, 2, 2, 4)), 4, mutable=["batch_stats"])
+    with pytest.raises(ValueError, match="updates per group must be >= 1"):
+        TorchBatchNorm(use_running_average=False, updates=0).apply(
+            variables, jnp.ones((6, 2, 2, 4)), 2, mutable=["batch_stats"])
+    # Eval mode ignores groups: the running statistics serve every row.
+    y = TorchBatchNorm().apply(variables, jnp.full((6, 2, 2, 4), 3.0), 4)
+    np.testing.assert_allclose(y, 3.0 / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+def test_resnet_groups_equal_calls_on_each_group_in_turn():
+    module = ResNet(depth=50, blocks=(1, 1, 1, 1), width=8, bn_updates=2)
+    variables = _random_variables(module, 3)
+    groups, rows = 4, 2
+    # 64 pixels: 2x2 values per channel and group in layer4 (at 1x1, a group of
+    # 2 rows normalises 2 values and magnifies float reordering).
+    x = _nhwc(4, groups * rows, 64)
+
+    def call(v, x, groups):
+        return module.apply(v, x, train=True, groups=groups, mutable=["batch_stats"])
+
+    (grid, pooled), upd = jax.jit(call, static_argnums=2)(variables, x, groups)
+    stats, grids = variables["batch_stats"], []
+    for g in range(groups):
+        (grid_g, _), new = jax.jit(call, static_argnums=2)(
+            {"params": variables["params"], "batch_stats": stats}, x[g * rows:(g + 1) * rows], 1)
+        stats = new["batch_stats"]
+        grids.append(np.asarray(grid_g))
+    _assert_close(grid, np.concatenate(grids))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=STATS_TOL, atol=STATS_TOL),
+                 upd["batch_stats"], stats)

@@ -11,7 +11,7 @@ import toy_model
 from jml_jax import losses
 from jml_jax.mesh import make_mesh
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local
-from jml_jax.steps import make_eval_step, make_train_step
+from jml_jax.steps import check_groups_fit_mesh, make_eval_step, make_train_step
 from jml_jax.train_state import create_sharded_state
 
 BATCH = 16
@@ -112,7 +112,18 @@ def test_frozen_params_do_not_move():
     assert not np.allclose(np.asarray(run.final.params["up"]["kernel"]), run.initial.params["up"]["kernel"])
 
 
-def test_grad_accumulation_matches_full_batch():
+def grouped(loss_fn):
+    """A toy loss that takes ``groups``: without BatchNorm, the per-example-mean
+    loss of equal groups is the mean over all rows, so groups change nothing."""
+
+    def fn(params, batch_stats, batch, rng, train, *, groups=1):
+        return loss_fn(params, batch_stats, batch, rng, train)
+
+    return fn
+
+
+@pytest.mark.parametrize("accumulation", ["one_pass", "scan"])
+def test_grad_accumulation_matches_full_batch(accumulation):
     """4 micro-batches of 4 == one batch of 16 for a per-example-mean loss."""
     mesh = make_mesh((2, 2, 2))
     model = toy_model.ToyMLP(batch_norm=False)
@@ -125,7 +136,8 @@ def test_grad_accumulation_matches_full_batch():
     results = {}
     for accum in (1, 4):
         step = make_train_step(
-            toy_model.loss_fn(model), tx, shardings, batch_sharding(mesh), grad_accum_steps=accum
+            grouped(toy_model.loss_fn(model)), tx, shardings, batch_sharding(mesh),
+            grad_accum_steps=accum, accumulation=accumulation,
         )
         new_state, metrics = step(jax.device_put(initial, shardings), batch)
         results[accum] = (jax.device_get(new_state.params), jax.device_get(metrics))
@@ -136,13 +148,16 @@ def test_grad_accumulation_matches_full_batch():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), p4, p1)
 
 
-def test_grad_accumulation_normalises_each_mini_batch_like_the_original():
+@pytest.mark.parametrize("accumulation", ["one_pass", "scan"])
+def test_grad_accumulation_normalises_each_mini_batch_like_the_original(accumulation):
     """8 mini-batches of 4 sentences (§5.3, §5.4): the mean of per-mini-batch JML losses.
 
     Each mini-batch loss is normalised on its own mini-batch, so the update is
-    not that of one batch of 32. Micro-batch i of the step holds rows i, i + 8,
-    ...: the original's contiguous mini-batch i is laid out that way here.
-    Micro-batch i draws its randomness from fold_in(fold_in(state.rng, step), i).
+    not that of one batch of 32. One pass: mini-batch i is the contiguous rows
+    4i..4i+3, the loss is called once with groups=8, randomness
+    fold_in(fold_in(state.rng, step), 0). Scan: micro-batch i holds rows i,
+    i + 8, ... (the original's contiguous mini-batch i is laid out that way
+    here) and draws from fold_in(fold_in(state.rng, step), i).
     """
     rng = np.random.default_rng(5)
     accum, micro, length, spans = 8, 4, 12, 3
@@ -157,15 +172,15 @@ def test_grad_accumulation_normalises_each_mini_batch_like_the_original():
     batch["start_positions"][:, 1] = 1
     batch["end_positions"][:, 2] = 1
 
-    def jml(params, b):
+    def jml(params, b, groups=1):
         start = b["features"] * params["a"]
         end = b["features"] * params["a"] ** 2
         pol = b["features"][:, :spans, None] * params["c"]
         return losses.jml_loss(start, end, b["start_positions"], b["end_positions"],
-                               pol, b["labels"], b["span_mask"])
+                               pol, b["labels"], b["span_mask"], groups=groups)
 
-    def loss_fn(params, batch_stats, b, key, train):
-        loss, aux = jml(params, b)
+    def loss_fn(params, batch_stats, b, key, train, *, groups=1):
+        loss, aux = jml(params, b, groups)
         aux = {k: v for k, v in aux.items() if k != "loss"}  # the step reports the loss itself
         return loss, ({**aux, "noise": jax.random.uniform(key)}, batch_stats)
 
@@ -174,10 +189,12 @@ def test_grad_accumulation_normalises_each_mini_batch_like_the_original():
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     state, shardings = create_sharded_state(lambda key: {"params": params}, tx, mesh, None,
                                             jax.random.PRNGKey(SEED))
-    step = make_train_step(loss_fn, tx, shardings, batch_sharding(mesh), grad_accum_steps=accum)
+    step = make_train_step(loss_fn, tx, shardings, batch_sharding(mesh), grad_accum_steps=accum,
+                           accumulation=accumulation)
     minis = [{k: v[micro * i:micro * (i + 1)] for k, v in batch.items()} for i in range(accum)]
-    laid_out = {k: np.stack([mb[k] for mb in minis], axis=1).reshape((n,) + v.shape[1:])
-                for k, v in batch.items()}
+    laid_out = batch if accumulation == "one_pass" else {
+        k: np.stack([mb[k] for mb in minis], axis=1).reshape((n,) + v.shape[1:])
+        for k, v in batch.items()}
     step_rng = jax.random.fold_in(state.rng, 0)
     new_state, metrics = step(state, global_batch_from_process_local(laid_out, mesh))
 
@@ -187,20 +204,87 @@ def test_grad_accumulation_normalises_each_mini_batch_like_the_original():
     np.testing.assert_allclose(metrics["masc_loss"] + metrics["mate_loss"], want_loss, rtol=1e-6)
     for k in params:
         np.testing.assert_allclose(params[k] - new_state.params[k], want_grads[k], rtol=1e-5, atol=1e-7)
-    want_noise = np.mean([jax.random.uniform(jax.random.fold_in(step_rng, i)) for i in range(accum)])
+    draws = range(accum) if accumulation == "scan" else range(1)
+    want_noise = np.mean([jax.random.uniform(jax.random.fold_in(step_rng, i)) for i in draws])
     np.testing.assert_allclose(metrics["noise"], want_noise, rtol=1e-6)
     # Not the loss of one batch of 32: per-mini-batch normalisation matters.
     assert abs(float(jml(params, batch)[0]) - float(want_loss)) > 1e-3
 
 
-def test_grad_accumulation_rejects_indivisible_batch():
+@pytest.mark.parametrize("accumulation", ["one_pass", "scan"])
+def test_grad_accumulation_rejects_indivisible_batch(accumulation):
     run = run_on((1, 1, 1))
     step = make_train_step(
-        toy_model.loss_fn(run.model), toy_model.make_tx(), run.shardings,
-        batch_sharding(run.mesh), grad_accum_steps=3,
+        grouped(toy_model.loss_fn(run.model)), toy_model.make_tx(), run.shardings,
+        batch_sharding(run.mesh), grad_accum_steps=3, accumulation=accumulation,
     )
     with pytest.raises(ValueError, match="micro-batches"):
         step(run.fresh_state(), run.batch(toy_model.make_batches(1, BATCH)[0]))
+
+
+def test_one_pass_needs_a_loss_function_that_takes_groups():
+    run = run_on((1, 1, 1))
+    with pytest.raises(ValueError, match="no `groups` keyword.*accumulation='scan'"):
+        make_train_step(toy_model.loss_fn(run.model), toy_model.make_tx(), run.shardings,
+                        batch_sharding(run.mesh), grad_accum_steps=2)
+    with pytest.raises(ValueError, match="unknown accumulation"):
+        make_train_step(grouped(toy_model.loss_fn(run.model)), toy_model.make_tx(), run.shardings,
+                        batch_sharding(run.mesh), grad_accum_steps=2, accumulation="sequential")
+    # Without accumulation, or in scan mode, such a loss function is a groups=1 one.
+    for accum, accumulation in ((1, "one_pass"), (2, "scan")):
+        make_train_step(toy_model.loss_fn(run.model), toy_model.make_tx(), run.shardings,
+                        batch_sharding(run.mesh), grad_accum_steps=accum, accumulation=accumulation)
+
+
+@pytest.mark.parametrize("shape, groups, ok", [
+    ((2, 2, 2), 8, True),    # batch axes of 4 devices: two whole groups each
+    ((8, 1, 1), 8, True),    # one group each
+    ((2, 4, 1), 4, False),   # 8 devices, 4 groups
+    ((2, 2, 2), 6, False),   # 4 devices do not divide 6 groups
+])
+def test_one_pass_groups_must_be_whole_on_every_device(shape, groups, ok):
+    mesh = make_mesh(shape)
+    if ok:
+        check_groups_fit_mesh(groups, batch_sharding(mesh), batch_size=4 * groups)
+        return
+    with pytest.raises(ValueError) as err:
+        check_groups_fit_mesh(groups, batch_sharding(mesh), batch_size=4 * groups)
+    msg = str(err.value)
+    assert f"grad_accum_steps={groups}" in msg and f"batch_size={4 * groups}" in msg
+    assert str(dict(mesh.shape)) in msg
+    assert "larger effective batch" in msg and "smaller groups" in msg
+
+
+def test_one_pass_on_several_groups_per_device_matches_one_device():
+    """BatchNorm per group of 4 rows, 4 groups over the (2, 2, 2) mesh's 4
+    batch devices and over 1 device: the same loss, update and statistics."""
+    model = toy_model.ToyMLP()
+
+    def loss_fn(params, batch_stats, batch, rng, train, *, groups=1):
+        # The toy's BatchNorm normalises a group when applied to it alone.
+        m = batch["x"].shape[0] // groups
+        x = batch["x"].reshape(groups, m, -1)
+        y = batch["y"].reshape(groups, m, -1)
+        stats, total = batch_stats, 0.0
+        for g in range(groups):
+            pred, upd = model.apply({"params": params, "batch_stats": stats}, x[g], train=True,
+                                    mutable=["batch_stats"])
+            stats = upd["batch_stats"]
+            total = total + jnp.mean((pred - y[g]) ** 2) / groups
+        return total, ({}, stats)
+
+    results = {}
+    for shape in ((1, 1, 1), (2, 2, 2)):
+        mesh = make_mesh(shape, devices=jax.devices()[:1] if shape == (1, 1, 1) else None)
+        tx = toy_model.make_tx()
+        state, shardings = create_sharded_state(
+            toy_model.init_fn(model), tx, mesh, None, jax.random.PRNGKey(SEED))
+        step = make_train_step(loss_fn, tx, shardings, batch_sharding(mesh), grad_accum_steps=4)
+        batch = global_batch_from_process_local(toy_model.make_batches(1, BATCH)[0], mesh)
+        new_state, metrics = step(state, batch)
+        results[shape] = jax.device_get((metrics["loss"], new_state.params, new_state.batch_stats))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 results[(2, 2, 2)], results[(1, 1, 1)])
 
 
 def test_non_finite_loss_skips_the_update():

@@ -64,13 +64,17 @@ class MascHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, sequence, input_mask, span_starts, span_ends, image, *, deterministic: bool = True):
+    def __call__(self, sequence, input_mask, span_starts, span_ends, image, *, deterministic: bool = True,
+                 groups: int = 1):
         """Args:
           sequence: S [B, L, D] from `MateHead`.
           input_mask: [B, L].
           span_starts, span_ends: [B, M] inclusive feature positions; padding
             slots are (0, 0) (they pool [CLS] and get logits like any slot).
           image: gated image regions [B, R, D].
+          groups: 'batch' span packing packs each of ``groups`` contiguous
+            groups of rows on its own (models/spans.py); everything else in
+            the head is per row.
 
         Returns:
           logits [B, M, num_polarities] in float32.
@@ -78,9 +82,11 @@ class MascHead(nn.Module):
         width = sequence.shape[-1]
         scores = layers.dense(1, ("embed", None), "unary_affine", self.dtype)(sequence)[..., 0]
         weights = spans.span_pool_weights(
-            scores, input_mask, span_starts, span_ends, packing=self.packing
+            scores, input_mask, span_starts, span_ends, packing=self.packing, groups=groups
         )
-        pooled = spans.pool_spans(sequence.astype(self.dtype), weights, packing=self.packing)
+        pooled = spans.pool_spans(
+            sequence.astype(self.dtype), weights, packing=self.packing, groups=groups
+        )
         self.sow("intermediates", "dense_in", pooled)
         u = jnp.tanh(layers.dense(width, ("embed", "mlp"), "dense", self.dtype)(pooled))
         u = nn.Dropout(self.dropout_rate)(u, deterministic=deterministic)

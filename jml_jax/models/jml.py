@@ -58,6 +58,10 @@ class JMLConfig:
         spans inside their row; shards over the batch). See models/spans.py.
       train_main_resnet: the main ResNet is fine-tuned with BatchNorm in
         training mode (original); False freezes it (eval BN, no gradient).
+      main_resnet_bn_updates: momentum updates of the main ResNet's BatchNorm
+        running statistics per training mini-batch (per group with
+        ``groups``). 1 by default; the original updates them twice, once in
+        its extraction and once in its train forward (§5.4, §10.8), which is 2.
     """
 
     bert: BertConfig
@@ -75,6 +79,7 @@ class JMLConfig:
     mask_attention: bool = False
     span_packing: str = "batch"
     train_main_resnet: bool = True
+    main_resnet_bn_updates: int = 1
     image_mean: tuple[float, float, float] = IMAGE_MEAN
     image_std: tuple[float, float, float] = IMAGE_STD
     dtype: str = "float32"
@@ -85,6 +90,10 @@ class JMLConfig:
             raise ValueError(f"unknown relation_gate {self.relation_gate!r}; valid: {GATES}")
         if self.span_packing not in PACKINGS:
             raise ValueError(f"unknown span_packing {self.span_packing!r}; valid: {PACKINGS}")
+        if self.main_resnet_bn_updates < 1:
+            raise ValueError(
+                f"main_resnet_bn_updates must be >= 1, got {self.main_resnet_bn_updates}"
+            )
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 
@@ -122,6 +131,7 @@ class JMLModel(nn.Module):
                 width=c.resnet_width,
                 dtype=dt,
                 frozen=not c.train_main_resnet,
+                bn_updates=c.main_resnet_bn_updates,
             )
             self.relation = RelationModule(
                 bert=c.relation_bert_config,
@@ -138,8 +148,13 @@ class JMLModel(nn.Module):
         self.mate = MateHead(c.num_heads, c.dropout_rate, dt)
         self.masc = MascHead(c.num_heads, c.num_polarities, c.dropout_rate, c.span_packing, dt)
 
-    def gated_image(self, input_ids, input_mask, images, *, train: bool = False):
+    def gated_image(self, input_ids, input_mask, images, *, train: bool = False, groups: int = 1):
         """Main image grid, projected and gated (§2.5).
+
+        ``groups``: in training, the main ResNet's BatchNorm works per group of
+        rows (see `__call__`). Everything else here is per row: the relation
+        module runs frozen in eval mode (BatchNorm on running statistics), so
+        its gate of a row does not depend on the other rows.
 
         Returns:
           (V_gate [B, 49, D], relation_probs [B, 2] or None when text-only).
@@ -151,7 +166,7 @@ class JMLModel(nn.Module):
         if not c.use_images:
             return jnp.zeros((batch, IMAGE_REGIONS, c.bert.hidden_size), c.compute_dtype), None
         pixels = normalize_images(images, c.image_mean, c.image_std).astype(c.compute_dtype)
-        grid, _ = self.resnet(pixels, train=train and c.train_main_resnet)
+        grid, _ = self.resnet(pixels, train=train and c.train_main_resnet, groups=groups)
         self.sow("intermediates", "main_resnet_grid", grid)
         projected = self.align_res(grid)
         self.sow("intermediates", "align_res_out", projected)
@@ -166,14 +181,17 @@ class JMLModel(nn.Module):
         masc_img = gated if c.masc_vision else jnp.zeros_like(gated)
         return mate_img, masc_img
 
-    def extract(self, input_ids, input_mask, images=None, *, deterministic: bool = True, train: bool = False):
+    def extract(self, input_ids, input_mask, images=None, *, deterministic: bool = True, train: bool = False,
+                groups: int = 1):
         """Mode ``extraction`` (§3): MATE logits and what MASC needs later.
+
+        ``groups``: see `__call__` (BERT and the MATE head are per row).
 
         Returns a dict: start_logits, end_logits [B, L]; sequence_output S
         [B, L, D]; image_features (the gated grid) [B, 49, D];
         relation_probs [B, 2] (absent when text-only).
         """
-        gated, probs = self.gated_image(input_ids, input_mask, images, train=train)
+        gated, probs = self.gated_image(input_ids, input_mask, images, train=train, groups=groups)
         text, _ = self.bert(input_ids, input_mask, jnp.zeros_like(input_ids), deterministic=deterministic)
         self.sow("intermediates", "main_bert_last", text)
         mate_img, _ = self._head_images(gated)
@@ -183,20 +201,33 @@ class JMLModel(nn.Module):
             out["relation_probs"] = probs
         return out
 
-    def classify(self, sequence_output, image_features, input_mask, span_starts, span_ends, *, deterministic: bool = True):
+    def classify(self, sequence_output, image_features, input_mask, span_starts, span_ends, *,
+                 deterministic: bool = True, groups: int = 1):
         """Mode ``classification`` (§4): polarity logits [B, M, 4] of spans,
-        from the stored S and gated image features of `extract`."""
+        from the stored S and gated image features of `extract`; with
+        ``groups``, 'batch' span packing packs each group on its own."""
         _, masc_img = self._head_images(image_features)
-        return self.masc(sequence_output, input_mask, span_starts, span_ends, masc_img, deterministic=deterministic)
+        return self.masc(sequence_output, input_mask, span_starts, span_ends, masc_img,
+                         deterministic=deterministic, groups=groups)
 
-    def __call__(self, input_ids, input_mask, span_starts, span_ends, images=None, *, deterministic: bool = True, train: bool = False):
+    def __call__(self, input_ids, input_mask, span_starts, span_ends, images=None, *, deterministic: bool = True,
+                 train: bool = False, groups: int = 1):
         """Mode ``train``: both heads, MASC on the given (gold) spans.
+
+        ``groups``: the batch is ``groups`` contiguous groups of B/groups rows,
+        each one of the original's mini-batches (§5.4): the main ResNet's
+        train-mode BatchNorm normalises each group with its own statistics and
+        updates the running ones group after group, and 'batch' span packing
+        packs each group on its own, so the outputs and statistics equal
+        ``groups`` calls on the groups in order. Every other layer is per row.
+        Used by one-pass gradient accumulation (`jml_jax.steps`).
 
         Returns the dict of `extract` plus polarity_logits [B, M, 4].
         """
-        out = self.extract(input_ids, input_mask, images, deterministic=deterministic, train=train)
+        out = self.extract(input_ids, input_mask, images, deterministic=deterministic, train=train,
+                           groups=groups)
         out["polarity_logits"] = self.classify(
             out["sequence_output"], out["image_features"], input_mask, span_starts, span_ends,
-            deterministic=deterministic,
+            deterministic=deterministic, groups=groups,
         )
         return out

@@ -128,8 +128,41 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.
     )
 
 
+def group_running_update(running, batch_stats, momentum: float, updates: int = 1):
+    """The running statistic after ``updates`` momentum updates per group, in closed form.
+
+    Applying ``r <- m * r + (1 - m) * s_g`` for groups g = 0..G-1 in order,
+    ``updates`` times each (the original's main ResNet is updated twice per
+    mini-batch, by its extraction and its train forward, §10.8), gives, with
+    ``M = m ** updates``::
+
+        r_G = M**G * r_0 + (1 - M) * sum_g M**(G-1-g) * s_g
+
+    (two updates with equal s_g act as one with momentum m**2). One group and
+    one update is the plain ``m * r + (1 - m) * s``.
+
+    Args:
+      running: [C] float32 running statistic r_0.
+      batch_stats: [G, C] per-group statistics s_g, in group order.
+      momentum: m (flax convention: the weight kept of the old value; torch's
+        momentum 0.1 is 0.9 here).
+      updates: momentum updates per group (>= 1).
+
+    Returns:
+      [C] float32.
+    """
+    if updates < 1:
+        raise ValueError(f"BatchNorm running-statistic updates per group must be >= 1, got {updates}")
+    groups = batch_stats.shape[0]
+    decay = momentum**updates
+    weights = jnp.asarray(
+        [(1.0 - decay) * decay ** (groups - 1 - g) for g in range(groups)], jnp.float32
+    )
+    return decay**groups * running + jnp.einsum("g,gc->c", weights, batch_stats)
+
+
 class TorchBatchNorm(nn.Module):
-    """BatchNorm2d with PyTorch semantics over NHWC inputs.
+    """BatchNorm2d with PyTorch semantics over NHWC inputs, per group of rows.
 
     Eval: y = (x - mean) / sqrt(var + eps) * scale + bias with the running
     statistics. Train: normalises with the batch mean and the *biased* batch
@@ -141,6 +174,14 @@ class TorchBatchNorm(nn.Module):
     the normalisation run in float32 whatever ``dtype`` is; the output is cast
     to ``dtype``. Running statistics are not updated during ``init``.
 
+    Groups (one-pass gradient accumulation, `jml_jax.steps.make_train_step`):
+    called with ``groups=G`` in train mode, the batch is G contiguous groups of
+    B/G rows and each group is normalised with its own statistics, exactly as
+    G separate calls on the groups would; the running statistics receive
+    ``updates`` momentum updates per group, group after group, applied in
+    closed form (`group_running_update`). ``groups`` changes nothing in eval
+    mode.
+
     Variables: params ``scale``, ``bias`` and batch_stats ``mean``, ``var``,
     each [C].
     """
@@ -149,10 +190,11 @@ class TorchBatchNorm(nn.Module):
     momentum: float = 0.9
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    updates: int = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, H, W, C] -> [B, H, W, C] in ``dtype``."""
+    def __call__(self, x: jax.Array, groups: int = 1) -> jax.Array:
+        """x: [B, H, W, C] -> [B, H, W, C] in ``dtype``; B divisible by ``groups``."""
         c = x.shape[-1]
         boxed = lambda init: nn.with_logical_partitioning(init, NORM_AXES)  # noqa: E731
         scale = self.param("scale", boxed(nn.initializers.ones), (c,), jnp.float32)
@@ -165,28 +207,38 @@ class TorchBatchNorm(nn.Module):
         )
         x32 = x.astype(jnp.float32)
         if self.use_running_average:
-            mean, var = ra_mean.value, ra_var.value
-        else:
-            axes = tuple(range(x.ndim - 1))
-            n = 1
-            for a in axes:
-                n *= x.shape[a]
-            if n < 2:
-                # torch refuses too: the unbiased variance needs n > 1.
-                raise ValueError(
-                    f"{self.path}: train-mode BatchNorm needs more than one value per "
-                    f"channel, got input shape {x.shape}"
-                )
-            mean = jnp.mean(x32, axis=axes)
-            # Two-pass variance: closer to torch than E[x^2] - E[x]^2.
-            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
-            if not self.is_initializing():
-                m = self.momentum
-                ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
-                ra_var.value = m * ra_var.value + (1.0 - m) * var * (n / (n - 1))
+            mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+            return ((x32 - ra_mean.value) * mul + bias).astype(self.dtype)
+        if groups < 1 or x.shape[0] % groups:
+            raise ValueError(
+                f"{self.path}: a batch of {x.shape[0]} rows does not split into {groups} "
+                f"BatchNorm groups"
+            )
+        # [G, B/G, H, W, C]: contiguous groups. With the batch split over
+        # devices in whole groups (`jml_jax.steps`), the statistics are local.
+        xg = x32.reshape((groups, x.shape[0] // groups) + x.shape[1:])
+        axes = tuple(range(1, xg.ndim - 1))
+        n = 1
+        for a in axes:
+            n *= xg.shape[a]
+        if n < 2:
+            # torch refuses too: the unbiased variance needs n > 1.
+            raise ValueError(
+                f"{self.path}: train-mode BatchNorm needs more than one value per "
+                f"channel, got input shape {x.shape} in {groups} group(s)"
+            )
+        mean = jnp.mean(xg, axis=axes, keepdims=True)  # [G, 1, 1, 1, C]
+        # Two-pass variance: closer to torch than E[x^2] - E[x]^2.
+        var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+        if not self.is_initializing():
+            m, k = self.momentum, self.updates
+            ra_mean.value = group_running_update(ra_mean.value, mean.reshape(groups, c), m, k)
+            ra_var.value = group_running_update(
+                ra_var.value, var.reshape(groups, c) * (n / (n - 1)), m, k
+            )
         mul = scale * jax.lax.rsqrt(var + self.epsilon)
-        y = (x32 - mean) * mul + bias
-        return y.astype(self.dtype)
+        y = (xg - mean) * mul + bias
+        return y.reshape(x.shape).astype(self.dtype)
 
 
 class BasicBlock(nn.Module):
@@ -200,21 +252,24 @@ class BasicBlock(nn.Module):
     downsample: bool = False
     use_running_average: bool = True
     dtype: Any = jnp.float32
+    bn_updates: int = 1
 
     expansion = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        bn = lambda name: TorchBatchNorm(  # noqa: E731
-            self.use_running_average, dtype=self.dtype, name=name
-        )
+    def __call__(self, x: jax.Array, groups: int = 1) -> jax.Array:
+        def bn(name, y):
+            return TorchBatchNorm(
+                self.use_running_average, dtype=self.dtype, updates=self.bn_updates, name=name
+            )(y, groups)
+
         y = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(x)
-        y = nn.relu(bn("bn1")(y))
+        y = nn.relu(bn("bn1", y))
         y = _conv(self.planes, 3, 1, self.dtype, "conv2")(y)
-        y = bn("bn2")(y)
+        y = bn("bn2", y)
         if self.downsample:
             x = _conv(self.planes, 1, self.stride, self.dtype, "downsample_conv")(x)
-            x = bn("downsample_bn")(x)
+            x = bn("downsample_bn", x)
         return nn.relu(y + x)
 
 
@@ -229,24 +284,27 @@ class Bottleneck(nn.Module):
     downsample: bool = False
     use_running_average: bool = True
     dtype: Any = jnp.float32
+    bn_updates: int = 1
 
     expansion = 4
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        bn = lambda name: TorchBatchNorm(  # noqa: E731
-            self.use_running_average, dtype=self.dtype, name=name
-        )
+    def __call__(self, x: jax.Array, groups: int = 1) -> jax.Array:
+        def bn(name, y):
+            return TorchBatchNorm(
+                self.use_running_average, dtype=self.dtype, updates=self.bn_updates, name=name
+            )(y, groups)
+
         out = self.planes * self.expansion
         y = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
-        y = nn.relu(bn("bn1")(y))
+        y = nn.relu(bn("bn1", y))
         y = _conv(self.planes, 3, self.stride, self.dtype, "conv2")(y)
-        y = nn.relu(bn("bn2")(y))
+        y = nn.relu(bn("bn2", y))
         y = _conv(out, 1, 1, self.dtype, "conv3")(y)
-        y = bn("bn3")(y)
+        y = bn("bn3", y)
         if self.downsample:
             x = _conv(out, 1, self.stride, self.dtype, "downsample_conv")(x)
-            x = bn("downsample_bn")(x)
+            x = bn("downsample_bn", x)
         return nn.relu(y + x)
 
 
@@ -269,6 +327,9 @@ class ResNet(nn.Module):
         outputs; its logits [B, num_classes] are sown as
         ``intermediates['fc_logits'][0]`` (apply with
         mutable=['intermediates'] to read them).
+      bn_updates: momentum updates of the running statistics per train-mode
+        call (per group, see ``groups``). 1 by default; the original updates
+        the main ResNet's statistics twice per mini-batch (§10.8), which is 2.
     """
 
     depth: int = 152
@@ -277,6 +338,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     frozen: bool = False
     num_classes: int | None = None
+    bn_updates: int = 1
 
     @property
     def stage_blocks(self) -> tuple[int, ...]:
@@ -291,13 +353,18 @@ class ResNet(nn.Module):
         return self.width * 8 * (4 if is_bottleneck(self.depth) else 1)
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool = False):
+    def __call__(self, images: jax.Array, *, train: bool = False, groups: int = 1):
         """Encodes images.
 
         Args:
           images: [B, H, W, 3] normalised pixels (NHWC).
           train: batch-statistics BatchNorm that updates ``batch_stats`` (pass
             mutable=['batch_stats'] to apply). Ignored when ``frozen``.
+          groups: in train mode, the batch is ``groups`` contiguous groups of
+            B/groups images, each with its own BatchNorm statistics and its
+            own running-statistic update(s), in group order: the same outputs
+            and statistics as ``groups`` calls on the groups one after the
+            other (`TorchBatchNorm`). No effect in eval mode.
 
         Returns:
           grid: [B, h*w, C] layer4 output, row-major (region = w*row + col;
@@ -311,7 +378,9 @@ class ResNet(nn.Module):
 
         x = images.astype(self.dtype)
         x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)
-        x = TorchBatchNorm(use_ra, dtype=self.dtype, name="bn1")(x)
+        x = TorchBatchNorm(use_ra, dtype=self.dtype, updates=self.bn_updates, name="bn1")(
+            x, groups
+        )
         x = nn.relu(x)
         x = max_pool_3x3_s2(x)
 
@@ -327,8 +396,9 @@ class ResNet(nn.Module):
                     downsample=(stride != 1 or c_in != c_out),
                     use_running_average=use_ra,
                     dtype=self.dtype,
+                    bn_updates=self.bn_updates,
                     name=f"layer{s}_{j}",
-                )(x)
+                )(x, groups)
                 c_in = c_out
 
         b, h, w, c = x.shape

@@ -1,0 +1,145 @@
+"""Steps/s of the faithful accumulated train step: sequential scan vs one pass.
+
+The paper's effective batch (8 mini-batches of 4 sentences, L=96, 224x224
+images, §5.4) with the tiny widths of configs/demo.py (tiny BERT with a
+128-position table so that L=96 fits, ResNet-50 with blocks (1,1,1,1) and
+width 8), dropout on, Adam. Both modes run the same arithmetic
+(tests/test_one_pass.py); only the schedule differs: "scan" runs 8
+micro-batches of 4 in a ``lax.scan``, "one_pass" one forward/backward over
+[8 groups x 4].
+
+    python scripts/bench_accumulation.py [--steps 10] [--warmup 2] [--groups 8 --micro 4]
+
+Prints one line per mode (compile seconds, steps/s, examples/s) and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jml_jax import losses
+from jml_jax.mesh import make_mesh
+from jml_jax.models.bert import BERT_PRESETS
+from jml_jax.models.jml import JMLConfig, JMLModel
+from jml_jax.sharding import batch_sharding, global_batch_from_process_local
+from jml_jax.steps import ACCUMULATIONS, make_train_step
+from jml_jax.train_state import create_sharded_state
+
+SPANS = 20  # the original's max aspect slots (§5.2)
+
+
+def make_loss_fn(model: JMLModel):
+    """The joint loss with ``groups`` passed to the model and to `losses.jml_loss`."""
+
+    def loss_fn(params, batch_stats, batch, rng, train, *, groups=1):
+        out, new_vars = model.apply(
+            {"params": params, "batch_stats": batch_stats}, batch["input_ids"], batch["input_mask"],
+            batch["span_starts"], batch["span_ends"], batch["image"], deterministic=not train,
+            train=train, groups=groups, rngs={"dropout": rng}, mutable=["batch_stats"],
+        )
+        loss, aux = losses.jml_loss(
+            out["start_logits"], out["end_logits"], batch["start_positions"], batch["end_positions"],
+            out["polarity_logits"], batch["polarity_labels"], batch["span_mask"], groups=groups,
+        )
+        return loss, ({k: v for k, v in aux.items() if k != "loss"}, new_vars["batch_stats"])
+
+    return loss_fn
+
+
+def make_batch(n: int, length: int, image: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rs = np.random.RandomState(seed)
+    lengths = rs.randint(length // 4, length, n)
+    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
+    starts = np.zeros((n, SPANS), np.int32)
+    ends = np.zeros((n, SPANS), np.int32)
+    span_mask = np.zeros((n, SPANS), np.int32)
+    for r in range(n):
+        for j in range(rs.randint(1, 4)):
+            s = rs.randint(1, lengths[r] - 2)
+            starts[r, j], ends[r, j], span_mask[r, j] = s, min(s + 1, lengths[r] - 2), 1
+    start_pos = np.zeros((n, length), np.int32)
+    end_pos = np.zeros((n, length), np.int32)
+    rows, slots = np.nonzero(span_mask)
+    start_pos[rows, starts[rows, slots]] = 1
+    end_pos[rows, ends[rows, slots]] = 1
+    return {
+        "input_ids": rs.randint(1, 100, (n, length)).astype(np.int32) * mask,
+        "input_mask": mask, "span_starts": starts, "span_ends": ends, "span_mask": span_mask,
+        "polarity_labels": rs.randint(1, 4, (n, SPANS)).astype(np.int32),
+        "start_positions": start_pos, "end_positions": end_pos,
+        "image": rs.randint(0, 256, (n, image, image, 3)).astype(np.uint8),
+    }
+
+
+def bench(accumulation: str, args) -> dict:
+    bert = dataclasses.replace(BERT_PRESETS["tiny"], max_position_embeddings=max(128, args.length))
+    model = JMLModel(JMLConfig(bert=bert, resnet_depth=50, resnet_blocks=(1, 1, 1, 1), resnet_width=8))
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    tx = optax.adam(1e-5)
+    ids = jnp.zeros((1, args.length), jnp.int32)
+    spans = jnp.zeros((1, SPANS), jnp.int32)
+    image = jnp.zeros((1, args.image, args.image, 3), jnp.uint8)
+    state, shardings = create_sharded_state(
+        lambda r: model.init(r, ids, ids, spans, spans, image), tx, mesh, None, jax.random.PRNGKey(0))
+    step = make_train_step(make_loss_fn(model), tx, shardings, batch_sharding(mesh),
+                           grad_accum_steps=args.groups, accumulation=accumulation)
+    batch = global_batch_from_process_local(
+        make_batch(args.groups * args.micro, args.length, args.image), mesh)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(state)
+    elapsed = time.perf_counter() - t0
+    return {"accumulation": accumulation, "compile_s": round(compile_s, 2),
+            "steps_per_s": args.steps / elapsed,
+            "examples_per_s": args.steps * args.groups * args.micro / elapsed,
+            "loss": float(metrics["loss"])}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--groups", type=int, default=8, help="grad_accum_steps (mini-batches per step)")
+    p.add_argument("--micro", type=int, default=4, help="sentences per mini-batch")
+    p.add_argument("--length", type=int, default=96)
+    p.add_argument("--image", type=int, default=224)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--modes", default=",".join(reversed(ACCUMULATIONS)),
+                   help="comma-separated accumulation modes to time")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    print(f"device {jax.devices()[0].device_kind}, batch {args.groups * args.micro} = "
+          f"{args.groups} x {args.micro}, L={args.length}, images {args.image}, "
+          f"{args.steps} timed steps after {args.warmup}")
+    results = []
+    for mode in args.modes.split(","):
+        r = bench(mode, args)
+        results.append(r)
+        print(f"{mode:>9}: compile {r['compile_s']:6.1f} s, {r['steps_per_s']:7.3f} steps/s, "
+              f"{r['examples_per_s']:7.1f} examples/s, loss {r['loss']:.4f}")
+    by_mode = {r["accumulation"]: r for r in results}
+    if {"scan", "one_pass"} <= set(by_mode):
+        ratio = by_mode["one_pass"]["steps_per_s"] / by_mode["scan"]["steps_per_s"]
+        print(f"one_pass / scan steps/s: {ratio:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
