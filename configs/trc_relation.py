@@ -15,7 +15,9 @@ learning rates: 1e-6 for everything except ``pair_preject`` at 1e-4 (§2.4,
 §10.2), stepped per epoch by the LambdaLR (x1 for the first 10 epochs). The
 relation BERT and ResNet start from the pretrained weights, as the paper
 intends (the original code never loads them into the BERT, §10.1: see the
-``original_init`` variant).
+``original_init`` variant): ``pretrained/bert-base-uncased`` (and its
+``vocab.txt``) and ``pretrained/resnet152``, the folders that
+``python -m launch.convert_checkpoint bert|resnet`` writes.
 
 Variants through the config argument, comma-separated
 (``--config=configs/trc_relation.py:text_only,minilm``; parsed by configs/args.py):
@@ -23,7 +25,7 @@ Variants through the config argument, comma-separated
   full           train on the whole TRC file (what the original README says the
                  joint model should use; its code cannot, §10.4). No held-out
                  data: the per-epoch scores are on the training set itself
-                 ('train/...'), and no relation_best is kept.
+                 ('train_set/...'), and no relation_best is kept.
   text_only      no images: RelationModule(use_images=False) sees a zero image
                  grid, so image_adds is predicted from the text alone. Its
                  checkpoint has no ``pre_resnet`` and cannot gate a joint model
@@ -93,8 +95,9 @@ def get_config(arg: str | None = None):
     c.data.max_seq_length = 96
     c.data.relation_resize = 224  # §2.3: straight resize, no crop, no flip
 
+    # The converters' output folders (README, "Pretrained weights"), read without PyTorch.
     c.model.bert_init = "pretrained/bert-base-uncased"
-    c.model.resnet_init = "pretrained/resnet152-b121ed2d.pth"
+    c.model.resnet_init = "pretrained/resnet152"
     c.model.relation_init = None  # set it to continue from a relation checkpoint
 
     c.batch_size = 8

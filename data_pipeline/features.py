@@ -100,12 +100,12 @@ def _empty_arrays(n, cfg):
     }
 
 
-def _convert(examples, tokenizer, cfg: FeatureConfig, with_gold: bool) -> FeatureSet:
+def _convert(examples, tokenizer, cfg: FeatureConfig, with_gold: bool, keep_all: bool = False) -> FeatureSet:
     L, M = cfg.max_seq_length, cfg.max_spans
     keep = L - 2
     stats = dict(examples_in=len(examples), features=0, truncated_sentences=0, dropped_no_aspect=0,
                  dropped_all_spans_lost=0, dropped_spans_truncated=0, sentences_with_spans_truncated=0,
-                 dropped_spans_empty=0,
+                 dropped_spans_empty=0, kept_without_gold_targets=0,
                  aspects_kept=0, masc_duplicate_texts=0)
     prime_cache(tokenizer, [w for ex in examples for w in ex.words])
     cache = word_cache(tokenizer)
@@ -133,10 +133,13 @@ def _convert(examples, tokenizer, cfg: FeatureConfig, with_gold: bool) -> Featur
             else:  # +1: the [CLS] shift (§1.3)
                 gold.append((start + 1, end + 1, POLARITY_LABEL_IDS[aspect.polarity]))
         stats["sentences_with_spans_truncated"] += cut > 0
-        if with_gold and not gold:
-            stats["dropped_all_spans_lost"] += 1
-            logger.warning("%s: no gold aspect survives tokenization; sentence dropped", ex.example_id)
-            continue
+        if with_gold and not gold and ex.aspects:
+            if not keep_all:
+                stats["dropped_all_spans_lost"] += 1
+                logger.warning("%s: no gold aspect survives tokenization; sentence dropped", ex.example_id)
+                continue
+            # Evaluation keeps it: its gold aspects count as misses.
+            stats["kept_without_gold_targets"] += 1
         # MASC training spans (§5.2): de-duplicated by the text they project to.
         # For whole-word gold spans that is the covered lower-cased words.
         masc, seen = [], set()
@@ -178,21 +181,27 @@ def _convert(examples, tokenizer, cfg: FeatureConfig, with_gold: bool) -> Featur
     return FeatureSet(arrays, [examples[row[0]] for row in rows], tokens, stats)
 
 
-def convert_examples(examples, tokenizer, config: FeatureConfig = FeatureConfig()) -> FeatureSet:
+def convert_examples(examples, tokenizer, config: FeatureConfig = FeatureConfig(), *,
+                     keep_all: bool = False) -> FeatureSet:
     """Training/evaluation features of annotated examples (§1.3).
 
     Args:
       examples: sequence of `Example` (e.g. a reader's ReadResult).
       tokenizer: from `tokenizer.load_tokenizer`.
       config: L and M.
+      keep_all: keep a sentence none of whose gold aspects survives the
+        truncation (for evaluation: its gold aspects are scored as misses
+        instead of vanishing from recall's denominator); counted as
+        kept_without_gold_targets. Training drops it (no target to learn).
     Returns:
       FeatureSet; stats counts: examples_in, features, truncated_sentences,
       dropped_no_aspect, dropped_all_spans_lost, dropped_spans_truncated (gold
-      aspects cut), sentences_with_spans_truncated, dropped_spans_empty, aspects_kept (MATE targets), masc_duplicate_texts.
+      aspects cut), sentences_with_spans_truncated, dropped_spans_empty,
+      kept_without_gold_targets, aspects_kept (MATE targets), masc_duplicate_texts.
     Raises:
       ValueError if a sentence has more distinct gold aspects than max_spans.
     """
-    return _convert(list(examples), tokenizer, config, with_gold=True)
+    return _convert(list(examples), tokenizer, config, with_gold=True, keep_all=keep_all)
 
 
 def convert_texts(texts, tokenizer, config: FeatureConfig = FeatureConfig()) -> FeatureSet:

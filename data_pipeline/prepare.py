@@ -70,8 +70,11 @@ class PreparedSplit:
         gold_aspects_truncated: gold aspects lying past the max_seq_length
           truncation, left out of the targets (§13);
           sentences_with_truncated_aspects: sentences losing at least one;
-          sentences_dropped_no_gold: sentences left out because no gold aspect
-          survived (truncation or pieceless words). Joint (absa) splits only.
+          sentences_dropped_no_gold: training sentences left out because no
+          gold aspect survived (truncation or pieceless words);
+          sentences_kept_without_gold_targets: evaluation sentences in the
+          same case, kept so their gold aspects score as misses. Joint (absa)
+          splits only.
         """
         report = self.image_report
         counts = {
@@ -89,6 +92,7 @@ class PreparedSplit:
                 gold_aspects_truncated=int(stats["dropped_spans_truncated"]),
                 sentences_with_truncated_aspects=int(stats["sentences_with_spans_truncated"]),
                 sentences_dropped_no_gold=int(stats["dropped_all_spans_lost"]),
+                sentences_kept_without_gold_targets=int(stats.get("kept_without_gold_targets", 0)),
             )
         return counts
 
@@ -154,7 +158,9 @@ def text_features(data_config, split: str):
         kept = [examples[int(i)] for i in arrays["example_index"]]
         return "relation", dict(arrays), kept, None
     fc = features_lib.FeatureConfig(max_seq_length=data_config.max_seq_length, max_spans=data_config.max_spans)
-    fs = features_lib.convert_examples(examples, tok, fc)
+    # Evaluation splits keep sentences whose gold aspects were all cut by the
+    # truncation, so those aspects count as misses (recall is not inflated).
+    fs = features_lib.convert_examples(examples, tok, fc, keep_all=split != "train")
     if not len(fs):
         where = "data.train_file" if data_config.name == "trc" else f"data.{split}_file"
         raise ValueError(f"split {split!r} ({where}={data_config[where[5:]]}) has no usable sentence: all "

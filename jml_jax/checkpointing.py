@@ -396,17 +396,69 @@ class Checkpointer:
             raise CheckpointError(step_dir, f"restoring step {step} failed: {err}") from err
         return restored[STATE], dict(restored[METADATA])
 
-    def restore_or_none(self, target: Any) -> tuple[Any, dict] | None:
-        """The latest complete checkpoint, or ``None`` when the work directory has none at all.
+    def restore_or_none(self, target: Any, *, check=None) -> tuple[Any, dict] | None:
+        """The latest usable checkpoint, or ``None`` for a fresh start.
 
-        Raises `CheckpointError` when checkpoints exist but none is usable, so a
-        broken run is never silently restarted from scratch.
+        A fresh start is a work directory with no checkpoint at all, or with
+        only the temporary folder of a first save that was cut short (a job
+        killed during its first save can simply be requeued).
+
+        The newest complete step is restored first; when it cannot be read,
+        or ``check(state)`` is False (``check`` verifies, e.g., that every
+        value is finite: flipped bytes in a data file read back as NaN), it is
+        moved to ``<workdir>/damaged_checkpoints/`` and the previous complete
+        step is tried, with a warning naming what was wrong. A checkpoint that
+        does not fit ``target`` (another model or config) is an error at once.
+
+        Raises `CheckpointError` when checkpoints exist but none is usable, so
+        a broken run is never silently restarted from scratch.
         """
         self.wait()
         complete, incomplete = self._scan()
-        if not complete and not incomplete:
-            return None
-        return self.restore("latest", target)
+        if not complete:
+            if incomplete and all(why.startswith("interrupted save") for why in incomplete.values()):
+                log.warning("%s holds only the temporary folder of an interrupted first save (%s): "
+                            "starting afresh", self.directory, sorted(incomplete))
+                return None
+            if not incomplete:
+                return None
+            return self.restore("latest", target)  # raises, naming the incomplete steps
+        problems: list[str] = []
+        for step in reversed(complete):
+            try:
+                state, meta = self.restore(step, target)
+            except CheckpointStructureError:
+                raise
+            except CheckpointError as err:
+                problems.append(f"step {step}: {err.cause}")
+            else:
+                if check is None or check(state):
+                    if problems:
+                        log.warning("resuming from step %d: newer checkpoints are damaged (%s); they were "
+                                    "moved to %s", step, "; ".join(problems), self._damaged_dir())
+                    return state, meta
+                problems.append(f"step {step}: the restored values are not finite (damaged data files)")
+            self._set_aside(step)
+        raise CheckpointError(self.directory, "no usable checkpoint: " + "; ".join(problems))
+
+    def _damaged_dir(self) -> epath.Path:
+        return self.directory.parent / "damaged_checkpoints"
+
+    def _set_aside(self, step: int) -> None:
+        """Moves a damaged step out of the manager's folder (process 0), so
+        training can save that step number again."""
+        if jax.process_index() == 0:
+            target = self._damaged_dir()
+            target.mkdir(parents=True, exist_ok=True)
+            name, n = str(step), 1
+            while (target / name).exists():
+                name, n = f"{step}.{n}", n + 1
+            (self.directory / str(step)).rename(target / name)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"jml_set_aside_{step}")
+        self._manager.reload()
 
 
 # ---------------------------------------------------------------------------

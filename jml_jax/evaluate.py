@@ -58,6 +58,8 @@ class EvalSplit:
         tokens); None for a relation split.
       num_examples: N, the number of real rows (default: len(features.examples)).
       source: the annotation file, named in errors.
+      data_counts: what data preparation replaced or cut (data_pipeline
+        PreparedSplit.data_counts), reported with the scores.
     """
 
     name: str
@@ -65,6 +67,7 @@ class EvalSplit:
     features: Any = None
     num_examples: int | None = None
     source: str | None = None
+    data_counts: dict | None = None
 
     def __post_init__(self):
         if self.num_examples is None:
@@ -377,6 +380,13 @@ def restore_for_eval(config, workdir, which="best", *, devices=None):
         state, _ = ckpt.restore(which, exp.abstract_state)
     finally:
         ckpt.close()
+    from jml_jax.checkpointing import CheckpointError
+    from jml_jax.train import make_finite_check
+
+    if not bool(make_finite_check(exp.mesh)((state.params, state.batch_stats))):
+        raise CheckpointError(ckpt.directory / str(int(state.step)),
+                              f"checkpoint {which!r} (step {int(state.step)}) holds non-finite parameters: "
+                              "its data files are damaged")
     return exp, state
 
 
@@ -392,6 +402,9 @@ def evaluate_checkpoint(config, workdir, eval_splits: Mapping[str, EvalSplit], *
     for name, split in eval_splits.items():
         split_scores, pred = evaluator.evaluate(state, split)
         scores.update({f"{name}/{k}": float(v) for k, v in split_scores.items()})
+        for key in ("gold_aspects_truncated", "sentences_kept_without_gold_targets", "image_fallbacks"):
+            if split.data_counts and key in split.data_counts:
+                scores[f"{name}/data/{key}"] = float(split.data_counts[key])
         if predictions_dir is not None and split.features is not None and jax.process_index() == 0:
             write_predictions(pathlib.Path(predictions_dir) / f"{name}_predictions.jsonl", split, pred)
     return scores

@@ -64,6 +64,9 @@ class TrainData:
 
     make_iter: Callable[[int], Iterator[dict]]
     num_examples: int
+    # What data preparation replaced or cut (image fallbacks, truncated gold
+    # aspects; data_pipeline PreparedSplit.data_counts), saved with the run.
+    data_counts: dict | None = None
 
 
 @dataclasses.dataclass
@@ -147,7 +150,7 @@ def close_run(progress, ckpt: Checkpointer, writer, batches) -> None:
 
 def _select_key(config) -> str | None:
     split = config.get("select_split")
-    return f"{split}/{config.select_metric}" if split else None
+    return f"{score_prefix(split)}/{config.select_metric}" if split else None
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainData,
@@ -176,7 +179,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=select or "epoch",
                         keep_best=1 if select else 0)
     empty_best = {"step": None, "value": -math.inf, "scores": {}}
-    restored = ckpt.restore_or_none(exp.abstract_state)
+    finite = make_finite_check(exp.mesh)
+    _write_data_counts(workdir, train_data, eval_splits)
+    # A latest step whose data files are damaged (unreadable, or NaN where
+    # bytes were flipped) is set aside and the previous good step resumes.
+    restored = ckpt.restore_or_none(exp.abstract_state,
+                                    check=lambda st: bool(finite((st.params, st.batch_stats, st.opt_state))))
     if restored is not None:
         state, meta = restored
         best = meta.get("best", empty_best)
@@ -189,7 +197,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     train_step = exp.make_train_step()
     evaluator = exp.make_evaluator()
-    finite = make_finite_check(exp.mesh)
     exported: dict[str, Any] = {}
 
     def save(step, state, **kwargs):
@@ -253,6 +260,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
         "final_step": int(state.step), "final_scores": last["scores"],
         "total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
         "train_seconds": round(time.time() - t0, 1), **exported,
+        "data_counts": _data_counts(train_data, eval_splits),
     }
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -261,12 +269,37 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
     return summary
 
 
+def _data_counts(train_data: TrainData, eval_splits: Mapping[str, EvalSplit]) -> dict:
+    counts = {"train": train_data.data_counts} if train_data.data_counts else {}
+    counts.update({name: split.data_counts for name, split in eval_splits.items() if split.data_counts})
+    return counts
+
+
+def _write_data_counts(workdir: pathlib.Path, train_data, eval_splits) -> None:
+    """``workdir/data_counts.json``: per split, what the data preparation
+    replaced (images) or cut (gold aspects past max_seq_length)."""
+    counts = _data_counts(train_data, eval_splits)
+    if counts and jax.process_index() == 0:
+        (workdir / "data_counts.json").write_text(json.dumps(counts, indent=2) + "\n")
+    for name, c in counts.items():
+        lost = {k: c[k] for k in ("image_fallbacks", "gold_aspects_truncated") if c.get(k)}
+        if lost:
+            log.warning("%s split: %s (details in %s)", name, lost, workdir / "data_counts.json")
+
+
+def score_prefix(split_name: str) -> str:
+    """The prefix of a split's scores in logs: its name, except that the
+    training set scored as an eval split (configs/trc_relation.py:full) is
+    'train_set', apart from the step metrics logged as 'train/...'."""
+    return "train_set" if split_name == "train" else split_name
+
+
 def run_evals(evaluator, state, eval_splits: Mapping[str, EvalSplit]) -> dict[str, float]:
     """Scores every split; returns ``{'<split>/<metric>': value}``."""
     scores: dict[str, float] = {}
     for name, split in eval_splits.items():
         split_scores, _ = evaluator.evaluate(state, split)
-        scores.update({f"{name}/{k}": float(v) for k, v in split_scores.items()})
+        scores.update({f"{score_prefix(name)}/{k}": float(v) for k, v in split_scores.items()})
     return scores
 
 

@@ -112,7 +112,7 @@ def train_data(config) -> TrainData:
             seed=config.seed, start_step=start_step,
         )
 
-    return TrainData(make_iter=make_iter, num_examples=split.num_examples)
+    return TrainData(make_iter=make_iter, num_examples=split.num_examples, data_counts=split.data_counts)
 
 
 def eval_splits(config, names) -> dict[str, EvalSplit]:
@@ -131,5 +131,6 @@ def eval_splits(config, names) -> dict[str, EvalSplit]:
 
         features = split.features if config.task == "joint" else None
         splits[name] = EvalSplit(name=name, make_iter=make_iter, features=features,
-                                 num_examples=split.num_examples, source=config.data.get(f"{name}_file"))
+                                 num_examples=split.num_examples, source=config.data.get(f"{name}_file"),
+                                 data_counts=split.data_counts)
     return splits

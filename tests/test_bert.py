@@ -13,7 +13,7 @@ from flax.linen import meta
 from jml_jax.convert.bert import bert_state_to_params, load_bert_checkpoint
 from jml_jax.convert.common import flatten_tree
 from jml_jax.models.bert import BertConfig, BertModel, get_bert_config
-from jml_jax.pretrained import find_minilm_dir
+from jml_jax.weights import find_minilm_dir
 
 PARITY_ATOL = 1e-5
 

@@ -472,22 +472,63 @@ def test_nan_loss_stops_the_run_and_saves_nothing_from_it(tmp_path, text_config,
     assert not (workdir / "summary.json").exists()
 
 
-def test_non_finite_parameters_are_never_saved(tmp_path, text_config, text_data, text_run):
-    # Finite loss and gradients but NaN updates (here: NaN Adam moments in the
-    # checkpoint it resumes from): the parameters go bad before the loss does.
-    state, meta = _restore(text_config, text_run[0], which=2)
-    bad = state.replace(opt_state=jax.tree.map(
-        lambda x: x * np.nan if np.issubdtype(x.dtype, np.inexact) else x, state.opt_state))
+def _damage(state):
+    """The state as flipped bytes in a data file leave it: NaN in one parameter."""
+    params = jax.tree.map(lambda x: x, state.params)
+    emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    params["bert"]["embeddings"]["word_embeddings"]["embedding"] = emb.at[0, 0].set(np.nan)
+    return state.replace(params=params)
+
+
+def test_a_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, text_config, text_data, text_run, caplog):
+    full_dir, full_summary = text_run
     workdir = tmp_path / "run"
+    shutil.copytree(full_dir, workdir)
+    state, meta = _restore(text_config, workdir, which=4)
+    shutil.rmtree(workdir / "checkpoints" / "4")
     with Checkpointer(workdir, best_metric=SELECT) as ckpt:
-        ckpt.save(2, bad, metadata={"best": meta["best"]})
-    config = _copy(text_config, checkpoint_every_steps=1)
-    with pytest.raises(train.NonFiniteLossError, match="not finite after step 3"):
-        train.train_and_evaluate(config, workdir, *text_data)
-    assert _assert_saved_states_finite(config, workdir) == [2]
+        ckpt.save(4, _damage(state), metadata=meta)
+    with pytest.raises(CheckpointError, match="non-finite parameters"):
+        evaluate_checkpoint(text_config, workdir, text_data[1], which=4)
+
+    summary = train.train_and_evaluate(text_config, workdir, *text_data)
+    assert "resuming from step 2" in caplog.text and "not finite" in caplog.text
+    assert (workdir / "damaged_checkpoints" / "4").is_dir()
+    resumed, _ = _restore(text_config, workdir)
+    full, _ = _restore(text_config, full_dir)
+    _assert_trees_close(resumed.params, full.params, tol=1e-6, what="params after the fallback")
+    assert summary["best_scores"] == full_summary["best_scores"]
 
 
-@pytest.mark.slow
+def test_a_kill_during_the_first_save_restarts_afresh(tmp_path, text_config, text_data, text_run):
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints" / "2.orbax-checkpoint-tmp-1700000000").mkdir(parents=True)
+    summary = train.train_and_evaluate(text_config, workdir, *text_data)
+    assert summary["best_scores"] == text_run[1]["best_scores"]
+
+
+def test_bad_selection_and_batch_settings_fail_before_training(tmp_path, text_config, text_data):
+    never = train.TrainData(make_iter=_never, num_examples=60)
+    cases = [
+        ({"select_metric": "joint_orig/f"}, r"select_metric='joint_orig/f' is not a metric"),
+        ({"select_split": "tets"}, r"select_split='tets' is not among the eval splits"),
+        ({"eval_batch_size": 6}, r"eval_batch_size=6 does not divide over the mesh's 8 batch devices"),
+        ({"optimizer.grad_accum_steps": 3}, r"optimizer.grad_accum_steps=3 must be >= 1 and divide batch_size=8"),
+    ]
+    for changes, message in cases:
+        with pytest.raises(ValueError, match=message):
+            train.train_and_evaluate(_copy(text_config, **changes), tmp_path / "run", never, text_data[1])
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_data_counts_are_saved_with_the_run(text_run):
+    workdir, summary = text_run
+    counts = json.loads((workdir / "data_counts.json").read_text())
+    assert set(counts) == {"train", "dev", "test"} and counts == summary["data_counts"]
+    for split in counts.values():
+        assert {"image_fallbacks", "gold_aspects_truncated", "sentences_kept_without_gold_targets"} <= set(split)
+
+
 def test_nan_learning_rate_never_reaches_a_checkpoint(tmp_path, text_config, text_data):
     # Finite loss and gradients but NaN updates: the parameters go bad first.
     config = _copy(text_config, **{"optimizer.learning_rate": math.nan, "checkpoint_every_steps": 1})
