@@ -1,7 +1,11 @@
 """The paper's joint setup on Twitter-2015 / Twitter-2017 (original-jml-code.md §8).
 
 Shared by configs/twitter2015.py and configs/twitter2017.py (and, text-only,
-configs/text_real.py). Variants through the config argument, comma-separated
+configs/text_real.py). The weights default to the folders the converters write:
+``pretrained/bert-base-uncased`` (with its ``vocab.txt``) and
+``pretrained/resnet152`` (``python -m launch.convert_checkpoint bert|resnet``),
+and the relation module to stage one's ``workdirs/trc_relation/relation``.
+Variants through the config argument, comma-separated
 (``--config=configs/twitter2015.py:text_only,minilm``; parsed by configs/args.py):
 
   text_only     no image stream (the relation module and ResNets are off)
@@ -42,9 +46,13 @@ def twitter_config(name: str, data_dir: str, steps_per_epoch_hint: int, flags: C
     c.data.dev_file = f"{data_dir}/dev.json"
     c.data.test_file = f"{data_dir}/test.json"
     c.data.image_dir = f"{data_dir}/images"
+    # What `launch.convert_checkpoint bert --out pretrained/bert-base-uncased`
+    # and `... resnet --out pretrained/resnet152` write (README, "Pretrained
+    # weights"): a 'bert' artifact with its vocab.txt and a 'resnet' artifact,
+    # both read without PyTorch.
     c.data.vocab_file = "pretrained/bert-base-uncased/vocab.txt"
     c.model.bert_init = "pretrained/bert-base-uncased"
-    c.model.resnet_init = "pretrained/resnet152-b121ed2d.pth"
+    c.model.resnet_init = "pretrained/resnet152"
     c.model.relation_init = "workdirs/trc_relation/relation"
     c.checkpoint_every_steps = steps_per_epoch_hint
     if "text_only" in flags:

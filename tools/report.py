@@ -1,7 +1,8 @@
 """The results report: tables and training curves from finished training workdirs.
 
     python -m tools.report --runs workdirs/t15_s1 workdirs/t15_s2 workdirs/t15_s3 \\
-        --machine "2-core CPU (...)" --out docs/results [--notes NOTES.md] [--readme README.md]
+        --machine "2-core CPU (...)" --out docs/results \\
+        [--notes docs/results/notes.md] [--readme README.md]
 
 Each run folder is what ``jml_jax/train.py`` writes: ``config.json``,
 ``metrics.jsonl``, ``summary.json`` and, from ``launch/train.py``,
@@ -12,11 +13,13 @@ report gives mean, sample standard deviation and min-max over seeds of the
 scores at the best dev step, on test when the runs scored test and on dev
 otherwise, and a PNG of the dev/test joint F1 and train loss against step.
 
-Writes ``<out>/results.md`` and ``<out>/<group>_curves.png``; with ``--readme``
-it also replaces the text between ``<!-- results:begin -->`` and
-``<!-- results:end -->`` in that file (image paths made relative to it).
-The output holds no timestamps, so regenerating from the same runs gives the
-same Markdown.
+Writes the full report, ``<out>/results.md`` (every metric per seed, the
+commands, threshold sweeps, the published numbers and the ``--notes`` file)
+and ``<out>/<group>_curves.png``. With ``--readme`` it also replaces the text
+between ``<!-- results:begin -->`` and ``<!-- results:end -->`` in that file
+with a short summary table linking to results.md and the notes; nothing else
+in the README is touched. The output holds no timestamps, so regenerating from
+the same runs gives the same Markdown.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ SEED_KEYS = frozenset({"seed", "data.shuffle_seed"})
 # weights under another root directory still count as the same setup.
 PATH_KEYS = frozenset({
     "data.train_file", "data.dev_file", "data.test_file", "data.image_dir", "data.vocab_file",
-    "data.prepared_dir", "data.feature_cache", "data.fallback_image", "model.bert_init",
+    "data.prepared_dir", "data.fallback_image", "model.bert_init",
     "model.resnet_init", "model.relation_init", "model.original_checkpoint",
 })
 
@@ -64,6 +67,8 @@ SUMMARY_COLUMNS = (
     ("joint_orig/f1", "Joint F1 (orig)"), ("joint_pos/f1", "Joint F1 (pos)"),
     ("mate/f1", "MATE F1"), ("masc/acc", "MASC acc"), ("masc_gold/acc", "MASC acc (gold)"),
 )
+# The README's short table: the paper's joint metric and one score per sub-task.
+README_COLUMNS = (("joint_orig/f1", "Joint F1 (orig)"), ("mate/f1", "MATE F1"), ("masc/acc", "MASC acc"))
 
 # Ju et al. (EMNLP 2021) Table 3: joint (F1, P, R) in %, per dataset.
 PAPER_ROWS = (
@@ -371,16 +376,19 @@ def _seconds(value: float) -> str:
     return f"{value / 60:.1f} min" if value < 7200 else f"{value / 3600:.1f} h"
 
 
-def summary_table(groups: Sequence[Group]) -> str:
-    head = ["Dataset", "Setup", "Split", "Seeds"] + [c for _, c in SUMMARY_COLUMNS] + ["Train time / run"]
+def summary_table(groups: Sequence[Group], columns: Sequence[tuple[str, str]] = SUMMARY_COLUMNS, *,
+                  train_time: bool = True) -> str:
+    """One row per group: dataset, setup, reported split, seeds, then ``columns`` (mean ± std (range))."""
+    head = ["Dataset", "Setup", "Split", "Seeds"] + [c for _, c in columns] + (["Train time / run"] * train_time)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         d = describe_setup(g.config)
         cells = [d["dataset"], short_setup(g.config), f"**{g.split}**", ", ".join(map(str, g.seeds))]
-        for key, _ in SUMMARY_COLUMNS:
+        for key, _ in columns:
             values = group_values(g, key)
             cells.append("n/a" if values is None else format_stats(seed_stats(values)))
-        cells.append(_seconds(seed_stats([float(r.summary["train_seconds"]) for r in g.runs]).mean))
+        if train_time:
+            cells.append(_seconds(seed_stats([float(r.summary["train_seconds"]) for r in g.runs]).mean))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -533,7 +541,7 @@ def sweep_table(run: Run) -> str:
 
 def render_section(groups: Sequence[Group], *, machine: str, image_dir: str, notes: str | None = None,
                    command: str | None = None, metrics_doc: str = "docs/metrics.md") -> str:
-    """The Markdown block (### sections) for results.md and the README.
+    """The body of results.md: summary, one ### section per group, published numbers, notes.
 
     image_dir: where the PNGs are, relative to the Markdown file ('' for the same folder).
     metrics_doc: docs/metrics.md, relative to the Markdown file.
@@ -569,6 +577,27 @@ def render_section(groups: Sequence[Group], *, machine: str, image_dir: str, not
     return "\n".join(out).rstrip() + "\n"
 
 
+def readme_block(groups: Sequence[Group], *, results_link: str, notes_link: str | None = None) -> str:
+    """The README's short summary: one table row per group and links to the full report.
+
+    results_link / notes_link: results.md and the notes file, relative to the README.
+    """
+    jml = {ds: scores[0] for ds, scores in PAPER_ROWS[0][2].items()}
+    notes = f"; the notes that explain them: [{notes_link}]({notes_link})" if notes_link else ""
+    return "\n".join([
+        "Scores in %, at each run's best dev step (dev `joint_orig/f1` selects), on the split marked; "
+        "mean ± sample standard deviation over seeds, min–max in brackets. Generated by "
+        "`python -m tools.report`: every metric per seed, the curves, threshold sweeps and commands are in "
+        f"[{results_link}]({results_link}){notes}.",
+        "",
+        summary_table(groups, README_COLUMNS, train_time=False),
+        "",
+        f"For orientation only (a different setup): the paper's JML, with images, bert-base-uncased and "
+        f"ResNet-152, reports joint F1 {jml['twitter2015']:.1f} on Twitter-2015 and "
+        f"{jml['twitter2017']:.1f} on Twitter-2017 (test).",
+    ]) + "\n"
+
+
 def replace_readme_block(text: str, block: str, *, name: str = "README") -> str:
     """``text`` with everything between the results markers replaced by ``block``.
 
@@ -594,13 +623,26 @@ def _relative(target: pathlib.Path, start: pathlib.Path) -> str:
 
 
 def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, machine: str,
-                 title: str = "Results", group_by: str | None = None, notes: str | None = None,
+                 title: str = "Results", group_by: str | None = None,
+                 notes_file: str | os.PathLike | None = None,
                  readme: str | os.PathLike | None = None, command: str | None = None) -> list[Group]:
-    """Writes ``out/results.md`` and ``out/<group>_curves.png`` (and the README block); returns the groups."""
+    """Writes ``out/results.md`` and ``out/<group>_curves.png``; returns the groups.
+
+    Args:
+      notes_file: Markdown appended to results.md under 'Notes' (and linked from the README block).
+      readme: a file whose results markers get the short summary (`readme_block`); the rest of it
+        is left byte for byte as it was.
+    """
     if not run_dirs:
         raise ReportError("no runs given")
     if not machine or not machine.strip():
         raise ReportError("--machine must describe the machine the runs trained on")
+    notes = None
+    if notes_file is not None:
+        notes_file = pathlib.Path(notes_file)
+        if not notes_file.is_file():
+            raise ReportError(f"--notes {notes_file}: not found")
+        notes = notes_file.read_text(encoding="utf-8")
     groups = group_runs([load_run(p) for p in run_dirs], group_by)
     out = pathlib.Path(out)
     readme_text = None
@@ -608,7 +650,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
         readme = pathlib.Path(readme)
         if not readme.is_file():
             raise ReportError(f"{readme}: not found")
-        readme_text = readme.read_text(encoding="utf-8")
+        readme_text = readme.read_bytes().decode("utf-8")  # bytes: line endings stay as they are
         replace_readme_block(readme_text, "", name=str(readme))
     out.mkdir(parents=True, exist_ok=True)
     for g in groups:
@@ -617,10 +659,10 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
                           metrics_doc=_relative(METRICS_DOC, out))
     (out / "results.md").write_text(f"# {title}\n\n{body}", encoding="utf-8")
     if readme is not None:
-        rel = _relative(out, readme.parent)
-        block = render_section(groups, machine=machine, image_dir="" if rel == "." else rel,
-                               notes=notes, command=command, metrics_doc=_relative(METRICS_DOC, readme.parent))
-        readme.write_text(replace_readme_block(readme_text, block, name=str(readme)), encoding="utf-8")
+        block = readme_block(
+            groups, results_link=_relative(out / "results.md", readme.parent),
+            notes_link=None if notes_file is None else _relative(notes_file, readme.parent))
+        readme.write_bytes(replace_readme_block(readme_text, block, name=str(readme)).encode("utf-8"))
     return groups
 
 
@@ -633,17 +675,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--title", default="Results", help="heading of results.md")
     parser.add_argument("--group-by", default=None,
                         help="regex over run folder names; its first group names the group (default: by config)")
-    parser.add_argument("--notes", default=None, help="Markdown file appended under 'Notes'")
-    parser.add_argument("--readme", default=None, help="file whose results markers get the section")
+    parser.add_argument("--notes", default=None,
+                        help="Markdown file appended to results.md under 'Notes' and linked from the README")
+    parser.add_argument("--readme", default=None,
+                        help="file whose results markers get the short summary table (nothing else changes)")
     args = parser.parse_args(argv)
     try:
-        notes = None
-        if args.notes:
-            if not os.path.isfile(args.notes):
-                raise ReportError(f"--notes {args.notes}: not found")
-            notes = pathlib.Path(args.notes).read_text(encoding="utf-8")
         groups = write_report(args.runs, args.out, machine=args.machine, title=args.title,
-                              group_by=args.group_by, notes=notes, readme=args.readme,
+                              group_by=args.group_by, notes_file=args.notes, readme=args.readme,
                               command="python -m tools.report " + shlex.join(argv))
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
