@@ -6,6 +6,9 @@ Layout of a work directory::
                                  metadata/   JSON: step, metrics, config, data position
                                  metrics/    the tracked metric (Orbax's own)
                                  commit_success.txt   written when the step is final
+    <workdir>/best/<step>/variables/         {'params', 'batch_stats'} of the best
+                                 metadata/   evaluation so far (`save_best`): no
+                                             optimizer state, one step kept
 
 One `ocp.CheckpointManager` keeps the latest ``keep`` steps plus the best
 ``keep_best`` by a dev metric (a step that is both is stored once). Restores go
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 
 STATE = "state"
 METADATA = "metadata"
+VARIABLES = "variables"
+BEST_DIR = "best"
 COMMIT_FILE = "commit_success.txt"
 STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 _TMP_RE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
@@ -204,6 +209,8 @@ class Checkpointer:
             raise CheckpointError(self.directory, "no checkpoint directory")
         self.best_metric = best_metric
         self.best_mode = best_mode
+        self._best = None  # the manager of <workdir>/best, created on first use
+        self._create = create
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep)]
         if keep_best:
             policies.append(
@@ -275,13 +282,66 @@ class Checkpointer:
         except Exception as err:  # Orbax raises several types; name the path.
             raise CheckpointError(self.directory / str(step), f"saving step {step} failed: {err}") from err
 
+    def _best_manager(self):
+        """Orbax manager of ``<workdir>/best`` (created on first use)."""
+        if self._best is None:
+            self._best = ocp.CheckpointManager(
+                self.directory.parent / BEST_DIR,
+                options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
+                                                     create=self._create),
+                item_names=(VARIABLES, METADATA),
+                item_handlers={VARIABLES: ocp.StandardCheckpointHandler(), METADATA: ocp.JsonCheckpointHandler()},
+            )
+        return self._best
+
+    def save_best(self, step: int, variables: Mapping[str, Any], scores: Mapping[str, Any]) -> None:
+        """Keeps ``variables`` ({'params', 'batch_stats'}) as the best model so far,
+        replacing the previous best: what evaluation restores as 'best', without
+        the optimizer state a resumable checkpoint needs (asynchronous)."""
+        step = int(step)
+        meta = {"step": step, "metrics": _jsonable(dict(scores), "scores")}
+        manager = self._best_manager()
+        if step in manager.all_steps():  # re-evaluated after a resume: replace it
+            manager.delete(step)
+        try:
+            manager.save(step, args=ocp.args.Composite(**{
+                VARIABLES: ocp.args.StandardSave(dict(variables)), METADATA: ocp.args.JsonSave(meta)}),
+                force=True)
+        except Exception as err:
+            raise CheckpointError(self.directory.parent / BEST_DIR, f"saving the best step {step} failed: {err}") from err
+
+    def restore_best(self, target: Mapping[str, Any]) -> tuple[Any, dict]:
+        """``(variables, metadata)`` of the best model kept by `save_best`,
+        restored into ``target``'s shapes and shardings."""
+        folder = self.directory.parent / BEST_DIR
+        manager = self._best_manager() if folder.is_dir() else None
+        step = manager.latest_step() if manager is not None else None
+        if step is None:
+            raise CheckpointError(folder, "no best model saved (no evaluation has run, or no select_split)")
+        target = _restore_target(dict(target))
+        try:
+            saved = manager.item_metadata(step)[VARIABLES]
+        except Exception as err:
+            raise CheckpointError(folder / str(step), f"cannot read the checkpoint's metadata: {err}") from err
+        _check_structure(folder / str(step), target, saved)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**{
+                VARIABLES: ocp.args.StandardRestore(target), METADATA: ocp.args.JsonRestore()}))
+        except Exception as err:
+            raise CheckpointError(folder / str(step), f"restoring the best step {step} failed: {err}") from err
+        return restored[VARIABLES], dict(restored[METADATA])
+
     def wait(self) -> None:
         """Blocks until a background save has finished."""
         self._manager.wait_until_finished()
+        if self._best is not None:
+            self._best.wait_until_finished()
 
     def close(self) -> None:
         """Waits for background saves and releases Orbax's threads."""
         self._manager.close()
+        if self._best is not None:
+            self._best.close()
 
     def __enter__(self) -> "Checkpointer":
         return self

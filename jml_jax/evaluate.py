@@ -80,25 +80,43 @@ def _variables(params, batch_stats):
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
+# What the joint model reads in evaluation; nothing else of a batch is sent.
+EVAL_KEYS = ("input_ids", "input_mask", "span_starts", "span_ends", "mask", "row")
+OPTIONAL_EVAL_KEYS = ("image", "relation_probs")
+
+
 class Evaluator:
-    """Holds the two jitted eval functions of a model on a mesh."""
+    """The joint model's two jitted eval functions on a mesh, and their pipeline.
+
+    Per batch, one device call does the extraction (MATE logits, §3) and the
+    classification of the gold spans (``masc_gold``, §4); after host decoding
+    (§6) a second call classifies the decoded spans. The host reads each
+    batch's extraction once (one blocking device-to-host transfer per batch,
+    counted in ``transfers``), and only after the next batch's extraction has
+    been dispatched, so decoding overlaps the device; the classifications are
+    read together at the end (one more transfer per split).
+    """
 
     def __init__(self, model: JMLModel, mesh, state_shardings, decode_config: decode_lib.DecodeConfig):
         self.model = model
         self.mesh = mesh
         self.decode_config = decode_config
+        self.transfers = 0  # device-to-host reads made by predict_split
         rep, bsh = replicated(mesh), batch_sharding(mesh)
         p_sh, s_sh = state_shardings.params, state_shardings.batch_stats
 
         def extract(params, batch_stats, batch):
-            out = model.apply(
-                _variables(params, batch_stats), batch["input_ids"], batch["input_mask"],
-                batch.get("image"), method=JMLModel.extract,
-            )
-            host = {k: out[k] for k in ("start_logits", "end_logits") if k in out}
+            variables = _variables(params, batch_stats)
+            extra = {"relation_probs": batch["relation_probs"]} if "relation_probs" in batch else {}
+            out = model.apply(variables, batch["input_ids"], batch["input_mask"], batch.get("image"),
+                              method=JMLModel.extract, **extra)
+            gold = model.apply(variables, out["sequence_output"], out["image_features"], batch["input_mask"],
+                               batch["span_starts"], batch["span_ends"], method=JMLModel.classify)
+            host = {"start_logits": out["start_logits"], "end_logits": out["end_logits"],
+                    "gold_polarity": gold.argmax(-1).astype(jax.numpy.int32),
+                    "mask": batch["mask"], "row": batch["row"]}
             if "relation_probs" in out:
                 host["relation_probs"] = out["relation_probs"]
-            host["mask"], host["row"] = batch["mask"], batch["row"]
             return host, (out["sequence_output"], out["image_features"])
 
         self._extract = jax.jit(
@@ -119,6 +137,38 @@ class Evaluator:
     def _local_rows(self, array: np.ndarray) -> np.ndarray:
         return array[process_batch_rows(self.mesh, array.shape[0])]
 
+    def _fetch(self, tree):
+        """The one way evaluation reads device arrays (counted)."""
+        self.transfers += 1
+        return jax.device_get(tree)
+
+    def _decode_and_classify(self, state, gbatch, out, split, words_all) -> dict:
+        """Reads a batch's extraction, decodes its spans on the host and
+        dispatches their classification (not waited for)."""
+        host, kept = out
+        host = self._fetch(host)
+        feats = split.features
+        arrays = feats.arrays
+        valid = host["mask"].astype(bool)
+        rows = host["row"]
+        safe_rows = np.where(valid, rows, 0)
+        decoded = decode_lib.decode_spans(
+            host["start_logits"], host["end_logits"],
+            arrays["num_tokens"][safe_rows], arrays["token_to_word"][safe_rows],
+            [feats.tokens[r] for r in safe_rows], [words_all[r] for r in safe_rows],
+            self.decode_config,
+        )
+        starts = np.where(valid[:, None], decoded.span_starts, 0).astype(np.int32)
+        ends = np.where(valid[:, None], decoded.span_ends, 0).astype(np.int32)
+        spans = global_batch_from_process_local(
+            {"s": self._local_rows(starts), "e": self._local_rows(ends)}, self.mesh
+        )
+        logits = self._classify(state.params, state.batch_stats, kept, gbatch["input_mask"], spans["s"], spans["e"])
+        b_idx = np.arange(len(rows))[:, None]
+        scores = host["start_logits"][b_idx, starts] + host["end_logits"][b_idx, ends]
+        return {"host": host, "valid": valid, "rows": rows, "decoded": decoded, "starts": starts,
+                "ends": ends, "scores": scores, "logits": logits}
+
     def predict_split(self, state, split: EvalSplit) -> dict[str, np.ndarray]:
         """Runs the model over a split; returns per-row arrays in row order:
         span_starts/ends/mask [N, 20], polarity [N, 20], polarity_probs
@@ -126,55 +176,47 @@ class Evaluator:
         relation_probs [N, 2] (when images are on), texts (list)."""
         feats = split.features
         n = len(feats.examples)
-        arrays = feats.arrays
         words_all = [[w.lower() for w in ex.words] for ex in feats.examples]
+        done, pending = [], None
+        batches = split.make_iter()
+        try:
+            for batch in batches:
+                keys = EVAL_KEYS + tuple(k for k in OPTIONAL_EVAL_KEYS if k in batch)
+                gbatch = global_batch_from_process_local({k: batch[k] for k in keys}, self.mesh)
+                out = self._extract(state.params, state.batch_stats, gbatch)  # dispatched, not waited for
+                if pending is not None:
+                    done.append(self._decode_and_classify(state, *pending, split, words_all))
+                pending = (gbatch, out)
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()
+        if pending is not None:
+            done.append(self._decode_and_classify(state, *pending, split, words_all))
+        all_logits = self._fetch([d.pop("logits") for d in done])
         m = self.decode_config.n_best_size
         res = {
             "span_starts": np.zeros((n, m), np.int32), "span_ends": np.zeros((n, m), np.int32),
             "span_mask": np.zeros((n, m), np.int32), "polarity": np.zeros((n, m), np.int32),
             "polarity_probs": np.zeros((n, m, 4), np.float32), "span_scores": np.zeros((n, m), np.float32),
-            "gold_polarity": np.zeros(arrays["span_mask"].shape, np.int32),
+            "gold_polarity": np.zeros(feats.arrays["span_mask"].shape, np.int32),
         }
         texts: list[list[str]] = [[] for _ in range(n)]
         rel = np.zeros((n, 2), np.float32)
         seen = np.zeros(n, bool)
         has_relation = False
-        for batch in split.make_iter():
-            gbatch = global_batch_from_process_local(batch, self.mesh)
-            host, kept = self._extract(state.params, state.batch_stats, gbatch)
-            host = jax.tree.map(np.asarray, host)
-            valid = host["mask"].astype(bool)
-            rows = host["row"]
-            safe_rows = np.where(valid, rows, 0)
-            decoded = decode_lib.decode_spans(
-                host["start_logits"], host["end_logits"],
-                arrays["num_tokens"][safe_rows], arrays["token_to_word"][safe_rows],
-                [feats.tokens[r] for r in safe_rows], [words_all[r] for r in safe_rows],
-                self.decode_config,
-            )
-            starts = np.where(valid[:, None], decoded.span_starts, 0).astype(np.int32)
-            ends = np.where(valid[:, None], decoded.span_ends, 0).astype(np.int32)
-            spans = global_batch_from_process_local(
-                {"s": self._local_rows(starts), "e": self._local_rows(ends)}, self.mesh
-            )
-            mask = gbatch["input_mask"]
-            logits = np.asarray(self._classify(state.params, state.batch_stats, kept, mask, spans["s"], spans["e"]))
-            gold_logits = np.asarray(
-                self._classify(state.params, state.batch_stats, kept, mask, gbatch["span_starts"], gbatch["span_ends"])
-            )
+        for d, logits in zip(done, all_logits):
+            host, rows, valid = d["host"], d["rows"], d["valid"]
             probs = _softmax(logits)
-            b_idx = np.arange(len(rows))[:, None]
-            scores = host["start_logits"][b_idx, starts] + host["end_logits"][b_idx, ends]
             for i in np.nonzero(valid)[0]:
                 r = rows[i]
                 seen[r] = True
-                res["span_starts"][r], res["span_ends"][r] = starts[i], ends[i]
-                res["span_mask"][r] = decoded.span_mask[i]
+                res["span_starts"][r], res["span_ends"][r] = d["starts"][i], d["ends"][i]
+                res["span_mask"][r] = d["decoded"].span_mask[i]
                 res["polarity"][r] = logits[i].argmax(-1)
                 res["polarity_probs"][r] = probs[i]
-                res["span_scores"][r] = scores[i]
-                res["gold_polarity"][r] = gold_logits[i].argmax(-1)
-                texts[r] = decoded.texts[i]
+                res["span_scores"][r] = d["scores"][i]
+                res["gold_polarity"][r] = host["gold_polarity"][i]
+                texts[r] = d["decoded"].texts[i]
                 if "relation_probs" in host:
                     rel[r] = host["relation_probs"][i]
                     has_relation = True
@@ -377,7 +419,12 @@ def restore_for_eval(config, workdir, which="best", *, devices=None):
     # create=False: a mistyped workdir is an error, not a new empty folder.
     ckpt = Checkpointer(pathlib.Path(workdir), keep=config.keep_checkpoints, best_metric=select, create=False)
     try:
-        state, _ = ckpt.restore(which, exp.abstract_state)
+        if which == "best":  # the model kept by the training loop's save_best
+            variables, meta = ckpt.restore_best(exp.abstract_variables)
+            state = exp.abstract_state.replace(step=np.int32(meta["step"]), params=variables["params"],
+                                               batch_stats=variables["batch_stats"], opt_state=None, rng=None)
+        else:
+            state, _ = ckpt.restore(which, exp.abstract_state)
     finally:
         ckpt.close()
     from jml_jax.checkpointing import CheckpointError
@@ -397,6 +444,7 @@ def evaluate_checkpoint(config, workdir, eval_splits: Mapping[str, EvalSplit], *
     Writes ``<predictions_dir>/<split>_predictions.jsonl`` (joint model) when asked.
     """
     exp, state = restore_for_eval(config, workdir, which, devices=devices)
+    _, eval_splits = exp.task.prepare_inputs(exp, None, eval_splits)
     evaluator = exp.make_evaluator()
     scores: dict[str, float] = {"step": float(int(state.step))}
     for name, split in eval_splits.items():
@@ -427,6 +475,7 @@ def sweep_thresholds(config, workdir, eval_splits: Mapping[str, EvalSplit], thre
     exp, state = restore_for_eval(config, workdir, which, devices=devices)
     if exp.task.name != "joint":
         raise ValueError("threshold sweeps score span decoding: they need a joint-model config")
+    _, eval_splits = exp.task.prepare_inputs(exp, None, eval_splits)
     evaluator = exp.make_evaluator()
     base = evaluator.decode_config
     rows = []

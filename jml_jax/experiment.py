@@ -50,36 +50,34 @@ class Experiment:
         """``{'params', 'batch_stats'}`` of ShapeDtypeStructs (the model's own shapes)."""
         return {"params": self.abstract_state.params, "batch_stats": self.abstract_state.batch_stats}
 
-    def random_state(self):
-        """A freshly initialised sharded state (jitted init: each device builds its own shards)."""
+    def random_state(self, given=None):
+        """A freshly initialised sharded state (jitted init: each device builds
+        its own shards); ``given`` values replace random ones (`initial_state`)."""
         state, _ = create_sharded_state(self.task.init_fn, self.tx, self.mesh, self.rules,
-                                        jax.random.PRNGKey(int(self.config.seed)), shardings=self.shardings)
+                                        jax.random.PRNGKey(int(self.config.seed)), shardings=self.shardings,
+                                        given=given)
         return state
 
     def initial_state(self):
-        """The state of step 0: random init with every configured pretrained piece placed.
+        """The state of step 0: every configured pretrained piece, random init for the rest.
 
-        The pieces are read (and strictly checked) before the random init is
-        compiled, so a wrong path fails fast.
+        The pieces are read (and strictly checked) before the init is compiled,
+        so a wrong path fails fast; they enter the jitted init, so nothing
+        random is computed for them and then thrown away.
         """
         pieces = self.task.pretrained_pieces(self.abstract_variables)
-        return weights.place_pretrained(self.random_state(), pieces, self.shardings)
+        return self.random_state(weights.placed_pieces(pieces, self.abstract_state) if pieces else None)
 
     def make_train_step(self, *, donate: bool = True):
         opt = self.config.optimizer
         return make_train_step(
             self.task.loss_fn, self.tx, self.shardings, batch_sharding(self.mesh),
             grad_accum_steps=int(opt.get("grad_accum_steps", 1)), donate=donate, rules=self.rules,
-            **_accumulation_kwargs(opt),
+            accumulation=opt.get("accumulation", "one_pass"), batch_size=int(self.config.batch_size),
         )
 
     def make_evaluator(self):
         return self.task.make_evaluator(self.mesh, self.shardings, self.rules)
-
-
-def _accumulation_kwargs(opt) -> dict:
-    mode = opt.get("accumulation")
-    return {} if mode is None else {"accumulation": mode}
 
 
 def build_experiment(config, *, devices=None, num_train_steps: int | None = None,
@@ -91,15 +89,15 @@ def build_experiment(config, *, devices=None, num_train_steps: int | None = None
         ``jax.devices()[:1]`` with ``config.mesh_shape=(1, 1, 1)`` evaluates a
         checkpoint written on many devices on one, or a TPU topology's devices
         for compile-only planning.
-      num_train_steps: the schedule's length (optimizer updates); evaluation
-        and prediction pass None (the schedule is then never used).
+      num_train_steps: the learning-rate schedule's length t_total (optimizer
+        updates); evaluation and prediction pass None (never used then).
       steps_per_epoch: for per-epoch schedules (the relation stage's LambdaLR).
     """
     mesh = make_mesh(tuple(config.mesh_shape), devices=devices)
     rules = normalize_rules(config.axis_rules, mesh)
     task = get_task(config)
     opt_cfg = dict(config.optimizer.to_dict())
-    for field in ("grad_accum_steps", "accumulation", "bn_updates_per_group"):
+    for field in ("grad_accum_steps", "accumulation", "t_total"):
         opt_cfg.pop(field, None)  # read by the train step, not the optimizer
     opt_cfg["frozen_prefixes"] = task.frozen_prefixes
     if opt_cfg.get("schedule") == "relation_epoch_decay":

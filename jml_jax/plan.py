@@ -152,8 +152,6 @@ def batch_shapes(config, batch_size: int, *, train: bool) -> dict[str, jax.Shape
     else:
         out.update({"mask": ((batch_size,), i32), "row": ((batch_size,), i32)})
     if config.model.use_images:
-        if config.data.get("feature_cache"):
-            raise PlanError("planning configs with data.feature_cache (cached image features) is not supported")
         crop = config.data.crop_size
         out["image"] = ((batch_size, crop, crop, 3), jnp.uint8)
     return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in out.items()}
@@ -193,9 +191,9 @@ def _build(config, devices, *, activation_constraints: bool = True) -> Built:
         eval_fns={"extract": (evaluator._extract, extract_args), "classify": (evaluator._classify, classify_args)},
         train_args=(state, train_batch),
         grad_accum_steps=int(config.optimizer.grad_accum_steps),
-        # jml_jax.evaluate.Evaluator.predict_split: one extraction, then
-        # classification of the decoded spans and of the gold spans.
-        eval_calls_per_batch={"extract": 1, "classify": 2},
+        # jml_jax.evaluate.Evaluator.predict_split: one extraction (which
+        # classifies the gold spans too), then the decoded spans' classification.
+        eval_calls_per_batch={"extract": 1, "classify": 1},
     )
 
 

@@ -172,15 +172,16 @@ def _attach_images(data, prepared, inputs, image_dir, images_lib) -> None:
 
 
 def restore_for_prediction(config, workdir, which: str | int = "best"):
-    """(Evaluator, state) of a run's checkpoint, restored into this machine's
-    mesh (jml_jax.evaluate.restore_for_eval)."""
+    """(experiment, evaluator, state) of a run's checkpoint, restored into this
+    machine's mesh (jml_jax.evaluate.restore_for_eval). Batches of a split must
+    pass through ``experiment.task.prepare_inputs`` before the evaluator reads them."""
     from jml_jax.evaluate import restore_for_eval
 
     if config.get("task", "joint") != "joint":
         raise ValueError("prediction decodes aspect spans: it needs a joint-model config, "
                          f"not task={config.task!r}")
     exp, state = restore_for_eval(config, workdir, which)
-    return exp.make_evaluator(), state
+    return exp, exp.make_evaluator(), state
 
 
 def format_predictions(inputs: Sequence[PredictInput], split, pred: dict) -> list[dict]:
@@ -224,8 +225,9 @@ def predict(config, workdir, inputs: Sequence[PredictInput], *, image_dir: str |
             which: str | int = "best") -> list[dict]:
     """Restores ``which`` checkpoint of ``workdir`` and predicts every input."""
     split = build_split(config, inputs, image_dir)
-    evaluator, state = restore_for_prediction(config, workdir, which)
-    pred = evaluator.predict_split(state, split)
+    exp, evaluator, state = restore_for_prediction(config, workdir, which)
+    _, splits = exp.task.prepare_inputs(exp, None, {split.name: split})
+    pred = evaluator.predict_split(state, splits[split.name])
     return format_predictions(inputs, split, pred)
 
 

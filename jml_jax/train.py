@@ -19,8 +19,10 @@ step 1 in jml_jax/experiment.py:
      ``eval_start_fraction`` of training: score every eval split, log, and keep
      the best step by ``select_split/select_metric`` (strictly greater, §7.4:
      dev selects, test never does); the task exports what it hands on;
-  5. periodic checkpoints (asynchronous, keep-N) carrying the best and last
-     scores.
+  5. resumable checkpoints of the whole state every ``checkpoint_every_steps``
+     and at the end (asynchronous, keep-N, carrying the best and last scores);
+     an evaluation that improves writes only the model (``<workdir>/best``, no
+     optimizer state), so evaluating often costs no full saves.
 
 The loop takes any iterator of NumPy batches, so nothing here imports
 TensorFlow: `TrainData` and the eval splits are built by the launcher from
@@ -75,6 +77,7 @@ class Schedule:
     total_steps: int
     eval_every: int
     eval_start: int
+    t_total: int  # the learning-rate schedule's length (optimizer.t_total)
 
     @classmethod
     def from_config(cls, config, num_examples: int) -> "Schedule":
@@ -87,7 +90,12 @@ class Schedule:
         if config.get("max_steps"):
             total = min(total, int(config.max_steps))
         eval_every = max(1, steps_per_epoch // max(1, config.eval_per_epoch))
-        return cls(steps_per_epoch, total, eval_every, int(total * config.eval_start_fraction))
+        mode = config.optimizer.get("t_total", "steps")
+        if mode not in ("original", "steps"):
+            raise ValueError(f"optimizer.t_total={mode!r}; valid: 'original', 'steps'")
+        # §8: the original's t_total counts a partial last batch per epoch too.
+        t_total = int(num_examples / config.batch_size * config.num_epochs) if mode == "original" else total
+        return cls(steps_per_epoch, total, eval_every, int(total * config.eval_start_fraction), max(1, t_total))
 
     def is_eval_step(self, step: int) -> bool:
         return (step % self.eval_every == 0 or step == self.total_steps) and step > self.eval_start
@@ -167,7 +175,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     schedule = Schedule.from_config(config, train_data.num_examples)
-    exp = build_experiment(config, devices=devices, num_train_steps=schedule.total_steps,
+    exp = build_experiment(config, devices=devices, num_train_steps=schedule.t_total,
                            steps_per_epoch=schedule.steps_per_epoch)
     task = exp.task
     select = _select_key(config)
@@ -175,9 +183,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
     log.info("%s task; mesh %s; %d steps (%d per epoch), eval every %d after step %d", task.name,
              describe_mesh(exp.mesh), schedule.total_steps, schedule.steps_per_epoch,
              schedule.eval_every, schedule.eval_start)
-    # Without a select split Orbax still ranks by some key; it keeps no best step then.
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=select or "epoch",
-                        keep_best=1 if select else 0)
+    # Resumable checkpoints (full state) every checkpoint_every_steps and at the
+    # end; the best model by select (params and batch_stats only) beside them.
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=select or "epoch", keep_best=0)
     empty_best = {"step": None, "value": -math.inf, "scores": {}}
     finite = make_finite_check(exp.mesh)
     _write_data_counts(workdir, train_data, eval_splits)
@@ -195,16 +203,20 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
         best, last = empty_best, {"step": None, "scores": {}}
         if jax.process_index() == 0:
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    train_data, eval_splits = task.prepare_inputs(exp, train_data, eval_splits)
     train_step = exp.make_train_step()
     evaluator = exp.make_evaluator()
     exported: dict[str, Any] = {}
 
-    def save(step, state, **kwargs):
+    def check_finite(step, state):
         if not bool(finite((state.params, state.batch_stats))):
             raise NonFiniteLossError(
                 f"the parameters are not finite after step {step} although its loss and gradients "
                 f"were (an optimizer setting such as the learning rate?); step {step} was not saved"
             )
+
+    def save(step, state, **kwargs):
+        check_finite(step, state)
         ckpt.save(step, state, metadata={"best": best, "last": last}, **kwargs)
 
     writer = MetricWriter(workdir)
@@ -237,16 +249,15 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
                 flush()
             if is_eval:
                 scores = run_evals(evaluator, state, eval_splits)
-                scores["epoch"] = step / schedule.steps_per_epoch
-                writer.write_scalars(step, scores)
+                writer.write_scalars(step, {**scores, "epoch": step / schedule.steps_per_epoch})
                 last = {"step": step, "scores": scores}
-                improved = select is not None and scores[select] > best["value"]
-                if improved:
+                if select is not None and scores[select] > best["value"]:
+                    check_finite(step, state)
                     best = {"step": step, "value": scores[select], "scores": scores}
+                    ckpt.save_best(step, {"params": state.params, "batch_stats": state.batch_stats}, scores)
                     exported.update(task.export(workdir, state, event="best"))
-                save(step, state, metrics=scores if improved or select is None else None, force=True)
                 progress.note(_eval_line(step, schedule, scores, select, best))
-            elif step % config.checkpoint_every_steps == 0:
+            if step % config.checkpoint_every_steps == 0:
                 save(step, state)
         flush()
         if ckpt.latest_step() != int(state.step):

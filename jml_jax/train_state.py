@@ -98,12 +98,25 @@ def _split_variables(variables: Any) -> tuple[Any, Any]:
     return variables["params"], variables.get("batch_stats", {})
 
 
-def _state_init_fn(init_fn: InitFn, tx: optax.GradientTransformation) -> Callable[[jax.Array], TrainState]:
-    def init(rng: jax.Array) -> TrainState:
+def _override(tree: Any, values: Any) -> Any:
+    """``tree`` with the leaves that ``values`` (a matching sub-tree) gives."""
+    if not values:
+        return tree
+    out = dict(tree)
+    for key, value in values.items():
+        out[key] = _override(tree[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def _state_init_fn(init_fn: InitFn, tx: optax.GradientTransformation) -> Callable[..., TrainState]:
+    def init(rng: jax.Array, given: Any = None) -> TrainState:
         init_rng, train_rng = jax.random.split(raw_key(rng))
         params, batch_stats = _split_variables(init_fn(init_rng))
         params = nn.meta.unbox(params)
         batch_stats = nn.meta.unbox(batch_stats)
+        if given:  # pretrained values replace the random ones (whose draws XLA then drops)
+            params = _override(params, given.get("params", {}))
+            batch_stats = _override(batch_stats, given.get("batch_stats", {}))
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -177,6 +190,7 @@ def create_sharded_state(
     rules: Rules | None,
     rng: jax.Array,
     shardings: TrainState | None = None,
+    given: Any = None,
 ) -> tuple[TrainState, TrainState]:
     """Initialises the state directly into its shardings.
 
@@ -186,6 +200,10 @@ def create_sharded_state(
     larger than one device's memory, or the host's, still initialises).
     ``shardings``: the state's shardings when already known (from
     `abstract_sharded_state`), so the model is not traced again for them.
+    ``given``: ``{'params': subtree, 'batch_stats': subtree}`` of values (e.g.
+    pretrained weights, already placed in their shardings) that replace the
+    random init inside the same jitted function, so no random value is
+    computed for them.
 
     Returns:
       ``(state, state_shardings)``; ``state_shardings`` is a `TrainState` of
@@ -194,7 +212,7 @@ def create_sharded_state(
     if shardings is None:
         _, shardings = abstract_sharded_state(init_fn, tx, mesh, rules, rng)
     init = jax.jit(_state_init_fn(init_fn, tx), out_shardings=shardings)
-    state = init(raw_key(rng))
+    state = init(raw_key(rng), given)
     return state, shardings
 
 

@@ -17,8 +17,9 @@ of original-jml-code.md). A folder of the wrong kind is an error naming both
 kinds; every piece is merged strictly (one error names every missing,
 unexpected and mis-shaped key).
 
-Pieces are loaded on the host as NumPy and placed into the already-sharded
-train state by `place_pretrained`.
+Pieces are loaded on the host as NumPy, placed in their shardings
+(`placed_pieces`) and given to the jitted init, which computes random values
+only for what no piece provides.
 """
 
 from __future__ import annotations
@@ -287,27 +288,22 @@ def relation_pieces(config, jml, abstract: Mapping[str, Any], *, use_images: boo
     return pieces
 
 
-def place_pretrained(state, pieces: Mapping[str, np.ndarray], shardings):
-    """Returns ``state`` with ``pieces`` (flat 'params/...' / 'batch_stats/...')
-    written into its params and batch_stats, each leaf put in its sharding."""
-    if not pieces:
-        return state
-    trees = {"params": (state.params, shardings.params), "batch_stats": (state.batch_stats, shardings.batch_stats)}
-    updated = {}
-    for collection, (tree, shard_tree) in trees.items():
-        flat = flatten_tree(tree)
-        flat_sh = flatten_tree(shard_tree) if tree else {}
-        for key, value in pieces.items():
-            col, rest = key.split("/", 1)
-            if col != collection:
-                continue
-            if rest not in flat:
-                raise KeyError(f"pretrained piece {key} has no place in the model")
-            if tuple(flat[rest].shape) != tuple(value.shape):
-                raise ValueError(f"pretrained piece {key}: shape {value.shape} != model {flat[rest].shape}")
-            flat[rest] = jax.device_put(np.asarray(value, flat[rest].dtype), flat_sh[rest])
-        updated[collection] = unflatten_tree(flat) if tree else tree
-    return state.replace(params=updated["params"], batch_stats=updated["batch_stats"])
+def placed_pieces(pieces: Mapping[str, np.ndarray], abstract_state) -> dict:
+    """Flat pieces ('params/...', 'batch_stats/...') as ``{'params': subtree,
+    'batch_stats': subtree}`` of device arrays in the state's shardings and
+    dtypes, for `jml_jax.train_state.create_sharded_state(given=...)`."""
+    trees = {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats}
+    flat = {c: flatten_tree(t) if t else {} for c, t in trees.items()}
+    out: dict[str, dict] = {"params": {}, "batch_stats": {}}
+    for key, value in pieces.items():
+        collection, rest = key.split("/", 1)
+        target = flat.get(collection, {}).get(rest)
+        if target is None:
+            raise KeyError(f"pretrained piece {key} has no place in the model")
+        if tuple(target.shape) != tuple(value.shape):
+            raise ValueError(f"pretrained piece {key}: shape {value.shape} != model {target.shape}")
+        out[collection][rest] = jax.device_put(np.asarray(value, target.dtype), target.sharding)
+    return {c: unflatten_tree(v) for c, v in out.items() if v}
 
 
 # --------------------------------------------------------------------------- converters

@@ -24,6 +24,31 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def default_compilation_cache() -> str:
+    """``$XDG_CACHE_HOME/jml_jax/xla`` (default ``~/.cache/jml_jax/xla``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "jml_jax", "xla")
+
+
+def enable_compilation_cache(path: str) -> None:
+    """JAX's persistent compilation cache in ``path`` ('' turns it off): a
+    rerun, a resumed run or an evaluation of the same config on the same
+    devices loads its compiled steps instead of compiling them again."""
+    if not path:
+        log.info("persistent compilation cache off")
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    log.info("persistent compilation cache: %s", path)
+
+
+def define_compilation_cache_flag():
+    from absl import flags
+
+    return flags.DEFINE_string("compilation_cache", default_compilation_cache(),
+                               "folder of JAX's persistent compilation cache; '' turns it off")
+
+
 def init_processes() -> None:
     """``jax.distributed.initialize()`` when launched as several processes.
 

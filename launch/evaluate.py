@@ -27,6 +27,7 @@ from launch import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's folder")
+_CACHE = common.define_compilation_cache_flag()
 _SPLIT = flags.DEFINE_multi_string("split", ["test"], "split(s) to score: dev, test")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number")
 _THRESHOLDS = flags.DEFINE_list("thresholds", None, "decoding thresholds to sweep, e.g. 5,6,7,8")
@@ -53,6 +54,7 @@ def main(argv):
     del argv
     common.setup_logging()
     common.init_processes()
+    common.enable_compilation_cache(_CACHE.value)
     config = _CONFIG.value
     common.resolve_config_paths(config)
     which = int(_CHECKPOINT.value) if _CHECKPOINT.value.isdigit() else _CHECKPOINT.value

@@ -29,6 +29,8 @@ import sys  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from launch import common  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:2x4, v5e:16x16, v5p:2x2x1, v4:2x2x4")
 _MESH = flags.DEFINE_string("mesh", None, "data,fsdp,tensor sizes (one may be -1); default: the config's")
@@ -38,18 +40,14 @@ _CONSTRAINTS = flags.DEFINE_bool(
     "activation_constraints", True, "apply model-code activation sharding constraints (the trainer's default)")
 _TABLE = flags.DEFINE_string("table", None, "write the markdown scale table here")
 _ROWS = flags.DEFINE_list("rows", [], "with --table: plans (JSON files) to render instead of planning them")
-_CACHE = flags.DEFINE_string("cache_dir", "/tmp/jml_plan_cache", "persistent compilation cache ('' = none)")
+_CACHE = common.define_compilation_cache_flag()
 
 
 def main(argv):
     del argv
-    import jax
-
     from jml_jax import plan as plan_lib
 
-    if _CACHE.value:
-        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    common.enable_compilation_cache(_CACHE.value)
     config = _CONFIG.value
     try:
         if _TABLE.value:

@@ -17,6 +17,7 @@ from launch import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's folder")
+_CACHE = common.define_compilation_cache_flag()
 _INPUT = flags.DEFINE_string("input", None, "JSON lines of sentences (see jml_jax/predict.py)")
 _OUTPUT = flags.DEFINE_string("output", None, "where the JSON-lines predictions go")
 _IMAGE_DIR = flags.DEFINE_string("image_dir", None, "folder of the input images (default: data.image_dir)")
@@ -28,6 +29,7 @@ def main(argv):
     del argv
     common.setup_logging()
     common.init_processes()
+    common.enable_compilation_cache(_CACHE.value)
     config = _CONFIG.value
     common.resolve_config_paths(config)
     which = int(_CHECKPOINT.value) if _CHECKPOINT.value.isdigit() else _CHECKPOINT.value

@@ -20,6 +20,7 @@ from launch import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, logs and the config go")
+_CACHE = common.define_compilation_cache_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,6 +28,7 @@ def main(argv):
     del argv
     common.setup_logging()
     common.init_processes()
+    common.enable_compilation_cache(_CACHE.value)
     config = _CONFIG.value
     common.resolve_config_paths(config)
     common.record_command(_WORKDIR.value)

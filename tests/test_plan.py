@@ -125,7 +125,7 @@ def test_clear_errors_before_compiling():
 def test_cli_names_a_mesh_that_does_not_fit():
     proc = subprocess.run(
         [sys.executable, "-m", "launch.plan", "--config=configs/demo.py:text_only", "--topology=v5e:2x2",
-         "--mesh=3,1,1", "--steps=train", "--cache_dir="],
+         "--mesh=3,1,1", "--steps=train", "--compilation_cache="],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0

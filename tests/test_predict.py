@@ -115,15 +115,16 @@ def trained(request, tmp_path_factory):
     workdir = tmp_path_factory.mktemp(f"demo_{request.param}")
     config = _train_demo(workdir, request.param)
     config.decode.logit_threshold = -1e4
-    evaluator, state = predict_lib.restore_for_prediction(config, workdir, "best")
-    return config, workdir, evaluator, state
+    exp, evaluator, state = predict_lib.restore_for_prediction(config, workdir, "best")
+    return config, workdir, (exp, evaluator), state
 
 
 def test_prediction_from_raw_words_equals_evaluation(trained):
     from launch import common
 
-    config, _, evaluator, state = trained
-    test = common.eval_splits(config, ["test"])["test"]
+    config, _, (exp, evaluator), state = trained
+    _, splits = exp.task.prepare_inputs(exp, None, common.eval_splits(config, ["test"]))
+    test = splits["test"]
     expected = evaluator.predict_split(state, test)
     examples = test.features.examples
     inputs = [
@@ -131,7 +132,7 @@ def test_prediction_from_raw_words_equals_evaluation(trained):
         for i, ex in enumerate(examples)
     ]
     split = predict_lib.build_split(config, inputs)
-    got = evaluator.predict_split(state, split)
+    got = evaluator.predict_split(state, exp.task.prepare_inputs(exp, None, {"predict": split})[1]["predict"])
     for key in ("span_starts", "span_ends", "span_mask", "polarity"):
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     for key in ("span_scores", "polarity_probs") + (("relation_probs",) if "relation_probs" in expected else ()):

@@ -104,7 +104,7 @@ def _model_batch(batch):
 def _logged_evals(workdir) -> dict[int, dict[str, float]]:
     """The eval scores that training wrote to metrics.jsonl, by step."""
     return {
-        r["step"]: {k: v for k, v in r.items() if k not in ("step", "wall_time")}
+        r["step"]: {k: v for k, v in r.items() if k not in ("step", "wall_time", "epoch")}
         for r in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") if SELECT in r
     }
 
@@ -342,6 +342,8 @@ def test_demo_run_best_checkpoint_reproduces_the_logged_metrics(image_run, image
 
     scores = dict(image_run_eval)
     assert scores.pop("step") == best
+    data = {k: scores.pop(k) for k in list(scores) if "/data/" in k}  # what preparation cut, per split
+    assert data["dev/data/gold_aspects_truncated"] == summary["data_counts"]["dev"]["gold_aspects_truncated"]
     assert any(k.startswith("test/") for k in scores) and any(k.startswith("dev/") for k in scores)
     assert scores == summary["best_scores"]
 
