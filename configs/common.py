@@ -33,6 +33,12 @@ def model_config() -> ml_collections.ConfigDict:
     # workdir) or the authors' relation checkpoint; None = random (only for
     # tests and the demo: the gate is then meaningless).
     m.relation_init = config_dict.placeholder(str)
+    # The frozen relation module's outputs computed once per example
+    # (jml_jax/relation_cache.py): 'auto' = on when the model uses images and
+    # its input is the same every epoch (data.crop_mode 'fixed' or 'center'),
+    # so the module leaves the train and eval steps and the checkpoints;
+    # 'off' = it runs inside every step (as always with crop_mode 'random').
+    m.relation_cache = "auto"
     # The authors' joint checkpoint.pth.tar, or the folder `launch.convert_checkpoint jml`
     # wrote from it: overrides every *_init above.
     m.original_checkpoint = config_dict.placeholder(str)
@@ -40,12 +46,19 @@ def model_config() -> ml_collections.ConfigDict:
     m.dropout_rate = 0.1
     # Switches (paper Table 7 ablations and fixes; see jml_jax/models/jml.py).
     m.relation_gate = "soft"  # 'soft' | 'hard' | 'none'
+    # Per-head override of relation_gate (None = relation_gate); 'none' for one
+    # head is Table 7's "w/o Relation MATE" / "w/o Relation MASC".
+    m.mate_relation_gate = config_dict.placeholder(str)
+    m.masc_relation_gate = config_dict.placeholder(str)
     m.mate_vision = True
     m.masc_vision = True
     m.use_images = True
     m.mask_attention = False
     m.span_packing = "batch"  # 'batch' (faithful) | 'row'
     m.train_main_resnet = True
+    # Running-statistic updates of the main ResNet's BatchNorm per mini-batch:
+    # the original runs it twice per training step (§10.8), 2; 1 is the usual.
+    m.main_resnet_bn_updates = 2
     m.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16'
     m.remat = False
     return m
@@ -62,8 +75,16 @@ def optimizer_config() -> ml_collections.ConfigDict:
     o.b1 = 0.9
     o.b2 = 0.999
     o.eps = 1e-6
-    # Micro-batches per optimizer step (the original: 8 x 4 = 32).
+    # Mini-batches per optimizer step (the original: 8 x 4 = 32), each with its
+    # own loss normalisation and BatchNorm statistics (§5.3).
     o.grad_accum_steps = 8
+    # 'one_pass': the mini-batches run as one forward/backward (groups shard
+    # over the devices); 'scan': one after another (less memory).
+    o.accumulation = "one_pass"
+    # Length of the warmup-linear schedule: 'original' = int(n_train / batch
+    # * epochs) as the authors compute it (§8: 3282 for Twitter-2015, though
+    # only 65 * 50 = 3250 updates are taken), or 'steps' = the updates taken.
+    o.t_total = "original"
     return o
 
 
@@ -87,7 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.decode = decode_config()
     c.seed = 42
     c.batch_size = 32  # global, per optimizer step
-    c.eval_batch_size = 32  # global
+    # Global; evaluation has no backward pass, so it takes twice the training batch.
+    c.eval_batch_size = 64
     c.num_epochs = 50
     # Evaluate eval_per_epoch times per epoch once step > eval_start_fraction
     # of all steps (the original: 5 per epoch after 1%, §7.4); dev selects the

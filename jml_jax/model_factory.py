@@ -37,7 +37,11 @@ def bert_config_from(config) -> BertConfig:
     return bert
 
 
-def jml_config_from(config) -> JMLConfig:
+def jml_config_from(config, *, relation_inputs: str = "module") -> JMLConfig:
+    """The JMLConfig of ``config.model``. ``relation_inputs`` (see JMLConfig):
+    'module' (default) is the whole joint model, as checkpoints and converters
+    see it; the joint task passes 'batch' when the relation cache is on
+    (jml_jax/relation_cache.py `decide`)."""
     m = config.model
     blocks = tuple(m.resnet_blocks) if m.resnet_blocks else None
     return JMLConfig(
@@ -48,19 +52,23 @@ def jml_config_from(config) -> JMLConfig:
         num_heads=m.num_heads,
         dropout_rate=m.dropout_rate,
         relation_gate=m.relation_gate,
+        mate_relation_gate=m.get("mate_relation_gate"),
+        masc_relation_gate=m.get("masc_relation_gate"),
         mate_vision=m.mate_vision,
         masc_vision=m.masc_vision,
         use_images=m.use_images,
         mask_attention=m.mask_attention,
         span_packing=m.span_packing,
         train_main_resnet=m.train_main_resnet,
+        main_resnet_bn_updates=int(m.get("main_resnet_bn_updates", 1)),
+        relation_inputs=relation_inputs,
         dtype=m.dtype,
         remat=m.remat,
     )
 
 
-def build_model(config) -> JMLModel:
-    return JMLModel(jml_config_from(config))
+def build_model(config, *, relation_inputs: str = "module") -> JMLModel:
+    return JMLModel(jml_config_from(config, relation_inputs=relation_inputs))
 
 
 def dummy_inputs(config, batch: int = 1):

@@ -6,6 +6,7 @@
   * which batch keys the model reads (``batch_keys``);
   * the loss (``loss_fn``) and which top-level parameters stay frozen;
   * which pretrained pieces to load before step 1 (``pretrained_pieces``);
+  * what to add to the batches before the steps read them (``prepare_inputs``);
   * how to score an eval split (``make_evaluator``; jml_jax/evaluate.py);
   * what to hand on when a better model is found or the run ends (``export``).
 
@@ -21,6 +22,7 @@ The config chooses the task by ``config.task`` ('joint' or 'relation').
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 from typing import Any, Mapping
@@ -28,7 +30,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from jml_jax import losses, model_factory, weights
+from jml_jax import losses, model_factory, relation_cache, weights
 from jml_jax.convert.common import flatten_tree
 from jml_jax.metrics import RELATIONS
 from jml_jax.models.jml import normalize_images
@@ -44,7 +46,14 @@ def _variables(params, batch_stats):
 
 
 class JointTask:
-    """Stage two: MATE + MASC with the relation-gated image features."""
+    """Stage two: MATE + MASC with the relation-gated image features.
+
+    With the relation cache on (``model.relation_cache``, jml_jax/relation_cache.py;
+    the default with fixed or centre crops) the model has no relation module:
+    ``prepare_inputs`` computes its outputs once per example and the batches
+    carry them as ``relation_probs`` [B, 2] (an extra entry of ``batch_keys``
+    and ``eval_keys``). ``relation_cached`` says which is in use.
+    """
 
     name = "joint"
     batch_keys = ("input_ids", "input_mask", "start_positions", "end_positions",
@@ -53,17 +62,27 @@ class JointTask:
 
     def __init__(self, config):
         self.config = config
-        self.model = model_factory.build_model(config)
+        self.relation_cached, why = relation_cache.decide(config)
+        log.info("relation cache %s: %s", "on" if self.relation_cached else "off", why)
+        self.model = model_factory.build_model(config, relation_inputs="batch" if self.relation_cached else "module")
         self.jml = self.model.config
         self.init_fn = model_factory.make_init_fn(self.model, config)
+        if self.relation_cached:
+            self.batch_keys = type(self).batch_keys + ("relation_probs",)
+            self.eval_keys = type(self).eval_keys + ("relation_probs",)
+        # The relation module's variables read with the pretrained pieces, kept
+        # for prepare_inputs so they are not read twice.
+        self._relation_variables = None
 
     @property
     def frozen_prefixes(self) -> tuple[str, ...]:
         """Top-level parameter groups that get no update and no optimizer state:
-        the relation module always (§2.5), the main ResNet when it is not trained."""
+        the relation module whenever the model holds it (§2.5), the main ResNet
+        when it is not trained."""
         frozen = []
         if self.jml.use_images:
-            frozen.append("relation")
+            if not self.relation_cached:
+                frozen.append("relation")
             if not self.jml.train_main_resnet:
                 frozen.append("resnet")
         return tuple(frozen)
@@ -78,23 +97,44 @@ class JointTask:
         jml = self.jml
         update_bn = jml.use_images and jml.train_main_resnet
         mutable = ["batch_stats"] if (train and update_bn) else False
-        group_kwargs = {"groups": groups} if groups != 1 else {}
         result = self.model.apply(
             _variables(params, batch_stats), batch["input_ids"], batch["input_mask"], batch["span_starts"],
             batch["span_ends"], batch.get("image"), deterministic=not train, train=train,
-            rngs={"dropout": rng}, mutable=mutable, **group_kwargs,
+            rngs={"dropout": rng}, mutable=mutable, groups=groups,
+            relation_probs=batch.get("relation_probs") if self.relation_cached else None,
         )
         out, new_vars = result if mutable else (result, {})
         loss, aux = losses.jml_loss(
             out["start_logits"], out["end_logits"], batch["start_positions"], batch["end_positions"],
             out["polarity_logits"], batch["polarity_labels"], batch["span_mask"],
-            boundary_mask=batch["input_mask"] if jml.mask_attention else None, **group_kwargs,
+            boundary_mask=batch["input_mask"] if jml.mask_attention else None, groups=groups,
         )
         aux = {k: v for k, v in aux.items() if k != "loss"}  # the step reports the loss itself
         return loss, (aux, new_vars.get("batch_stats", batch_stats))
 
     def pretrained_pieces(self, abstract: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        return weights.joint_pieces(self.config, self.jml, abstract)
+        if not self.relation_cached:
+            return weights.joint_pieces(self.config, self.jml, abstract)
+        # The pieces of the whole joint model (its relation subtree included:
+        # model.relation_init or original_checkpoint); the relation's are kept
+        # for prepare_inputs, the rest go into the state.
+        full = relation_cache.with_relation(abstract, relation_cache.relation_abstract(self.config, self.jml))
+        module_jml = dataclasses.replace(self.jml, relation_inputs="module")
+        pieces, self._relation_variables = relation_cache.split_pieces(
+            weights.joint_pieces(self.config, module_jml, full))
+        return pieces
+
+    def prepare_inputs(self, exp, train_data, eval_splits):
+        """``(train_data, eval_splits)`` as the model's steps read them (train_data
+        may be None: evaluation only). Without the relation cache the batches
+        are used as they come; with it they gain ``relation_probs`` [b, 2], the
+        frozen relation module's outputs computed once per example
+        (jml_jax/relation_cache.py)."""
+        del exp
+        if not self.relation_cached:
+            return train_data, eval_splits
+        variables, self._relation_variables = self._relation_variables, None
+        return relation_cache.attach(self.config, self.jml, variables, train_data, eval_splits)
 
     def make_evaluator(self, mesh, shardings, rules=None):
         from jml_jax.evaluate import Evaluator, decode_config_from
@@ -153,6 +193,11 @@ class RelationTask:
         correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32).mean(0)
         aux = {f"{name}_accuracy": correct[i] for i, name in enumerate(RELATIONS)}
         return loss, (aux, new_vars.get("batch_stats", batch_stats))
+
+    def prepare_inputs(self, exp, train_data, eval_splits):
+        """The batches are used as they come."""
+        del exp
+        return train_data, eval_splits
 
     def pretrained_pieces(self, abstract: Mapping[str, Any]) -> dict[str, np.ndarray]:
         pieces = weights.relation_pieces(self.config, self.jml, abstract, use_images=self.model.use_images)

@@ -4,13 +4,14 @@ Data flow of one forward (original-jml-code.md §2.5, §3, §4, §13)::
 
     images -> main ResNet grid [B,49,2048] -> align_res -> V [B,49,D]
     (ids, images) -> frozen relation module -> p = [P(R), P(V)]      (stop_gradient)
+        (or p read from the batch: ``relation_inputs='batch'``, see JMLConfig)
     V_gate = gate(P(V)) * V          (align_res bias scaled too, §2.5)
     ids -> main BERT -> H [B,L,D] -> MateHead(H, V_gate) -> start, end, S
     (S, spans) -> MascHead(S, V_gate) -> polarity logits [B,M,4]
 
 Top-level parameter tree: ``bert``, ``resnet`` (main ResNet, with
-``batch_stats``), ``align_res``, ``mate``, ``masc``, ``relation``. The
-original's never-run modules (``text2span``, ``img_label_emb``, ResNet ``fc``)
+``batch_stats``), ``align_res``, ``mate``, ``masc``, ``relation`` (absent with
+``relation_inputs='batch'``). The original's never-run modules (``text2span``, ``img_label_emb``, ResNet ``fc``)
 and the discarded BERT poolers have no parameters here; the converter reports
 them (jml_jax/convert/original.py).
 
@@ -40,6 +41,7 @@ IMAGE_MEAN = (0.48, 0.498, 0.531)
 IMAGE_STD = (0.214, 0.207, 0.207)
 IMAGE_REGIONS = 49
 GRID_CHANNELS = 2048
+RELATION_INPUTS = ("module", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,11 @@ class JMLConfig:
 
     Switches (paper Table 7 ablations and fixes):
       relation_gate: 'soft' (original), 'hard', or 'none' (without relation).
+      mate_relation_gate / masc_relation_gate: per-head override of
+        relation_gate (None = relation_gate): 'none' for one head is paper
+        Table 7's "w/o Relation MATE" / "w/o Relation MASC" (that head sees the
+        ungated grid, the other keeps the gate). The original feeds both heads
+        the same gated tensor (§2.5, §10.5).
       mate_vision / masc_vision: False feeds that head zero image features
         (without vision for MATE / MASC).
       use_images: False = text-only: no ResNets and no relation module run;
@@ -62,6 +69,13 @@ class JMLConfig:
         running statistics per training mini-batch (per group with
         ``groups``). 1 by default; the original updates them twice, once in
         its extraction and once in its train forward (§5.4, §10.8), which is 2.
+      relation_inputs: where P(text represented), P(image adds) come from.
+        'module' (default): the model holds the frozen relation module
+        (``relation`` subtree) and runs it on every call. 'batch': the model
+        has no relation module and reads ``relation_probs`` [B, 2] given to
+        its entry points, the frozen module's outputs computed once per
+        example beforehand (jml_jax/relation_cache.py); the gate math is the
+        same (§2.5).
     """
 
     bert: BertConfig
@@ -73,6 +87,8 @@ class JMLConfig:
     dropout_rate: float = 0.1
     num_polarities: int = 4
     relation_gate: str = "soft"
+    mate_relation_gate: str | None = None
+    masc_relation_gate: str | None = None
     mate_vision: bool = True
     masc_vision: bool = True
     use_images: bool = True
@@ -80,6 +96,7 @@ class JMLConfig:
     span_packing: str = "batch"
     train_main_resnet: bool = True
     main_resnet_bn_updates: int = 1
+    relation_inputs: str = "module"
     image_mean: tuple[float, float, float] = IMAGE_MEAN
     image_std: tuple[float, float, float] = IMAGE_STD
     dtype: str = "float32"
@@ -88,14 +105,26 @@ class JMLConfig:
     def __post_init__(self):
         if self.relation_gate not in GATES:
             raise ValueError(f"unknown relation_gate {self.relation_gate!r}; valid: {GATES}")
+        for name in ("mate_relation_gate", "masc_relation_gate"):
+            value = getattr(self, name)
+            if value is not None and value not in GATES:
+                raise ValueError(f"unknown {name} {value!r}; valid: {GATES} or None (= relation_gate)")
         if self.span_packing not in PACKINGS:
             raise ValueError(f"unknown span_packing {self.span_packing!r}; valid: {PACKINGS}")
         if self.main_resnet_bn_updates < 1:
             raise ValueError(
                 f"main_resnet_bn_updates must be >= 1, got {self.main_resnet_bn_updates}"
             )
+        if self.relation_inputs not in RELATION_INPUTS:
+            raise ValueError(f"unknown relation_inputs {self.relation_inputs!r}; valid: {RELATION_INPUTS}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @property
+    def head_gates(self) -> tuple[str, str]:
+        """(MATE's gate, MASC's gate) after the per-head overrides."""
+        return (self.mate_relation_gate or self.relation_gate,
+                self.masc_relation_gate or self.relation_gate)
 
     @property
     def compute_dtype(self):
@@ -133,6 +162,7 @@ class JMLModel(nn.Module):
                 frozen=not c.train_main_resnet,
                 bn_updates=c.main_resnet_bn_updates,
             )
+        if c.use_images and c.relation_inputs == "module":
             self.relation = RelationModule(
                 bert=c.relation_bert_config,
                 resnet_depth=c.resnet_depth,
@@ -148,7 +178,8 @@ class JMLModel(nn.Module):
         self.mate = MateHead(c.num_heads, c.dropout_rate, dt)
         self.masc = MascHead(c.num_heads, c.num_polarities, c.dropout_rate, c.span_packing, dt)
 
-    def gated_image(self, input_ids, input_mask, images, *, train: bool = False, groups: int = 1):
+    def gated_image(self, input_ids, input_mask, images, *, train: bool = False, groups: int = 1,
+                    relation_probs=None):
         """Main image grid, projected and gated (§2.5).
 
         ``groups``: in training, the main ResNet's BatchNorm works per group of
@@ -156,24 +187,49 @@ class JMLModel(nn.Module):
         module runs frozen in eval mode (BatchNorm on running statistics), so
         its gate of a row does not depend on the other rows.
 
+        ``relation_probs`` [B, 2]: with ``relation_inputs='batch'`` (required
+        then), the frozen module's outputs computed beforehand on the same
+        pixels (jml_jax/relation_cache.py); with 'module' it must be None.
+
         Returns:
-          (V_gate [B, 49, D], relation_probs [B, 2] or None when text-only).
+          (MATE's V_gate [B, 49, D], MASC's V_gate [B, 49, D], relation_probs
+          [B, 2] or None when text-only). The two grids are one array unless
+          ``mate_relation_gate`` / ``masc_relation_gate`` differ.
           The relation module always runs frozen: eval mode, no dropout,
           ``stop_gradient`` on its output.
         """
         c = self.config
         batch = input_ids.shape[0]
         if not c.use_images:
-            return jnp.zeros((batch, IMAGE_REGIONS, c.bert.hidden_size), c.compute_dtype), None
+            zeros = jnp.zeros((batch, IMAGE_REGIONS, c.bert.hidden_size), c.compute_dtype)
+            return zeros, zeros, None
         pixels = normalize_images(images, c.image_mean, c.image_std).astype(c.compute_dtype)
         grid, _ = self.resnet(pixels, train=train and c.train_main_resnet, groups=groups)
         self.sow("intermediates", "main_resnet_grid", grid)
         projected = self.align_res(grid)
         self.sow("intermediates", "align_res_out", projected)
-        logits = self.relation(input_ids, input_mask, pixels, deterministic=True, train=False)
-        probs = jax.lax.stop_gradient(relation_probabilities(logits))
-        gate = gate_value(probs[:, 1], c.relation_gate)
-        return projected * gate[:, None, None].astype(projected.dtype), probs
+        if c.relation_inputs == "batch":
+            if relation_probs is None and self.is_initializing():
+                relation_probs = jnp.zeros((batch, 2), jnp.float32)  # no parameters depend on them
+            if relation_probs is None:
+                raise ValueError(
+                    "relation_inputs='batch': the model has no relation module and needs relation_probs "
+                    "[B, 2] (the batch key 'relation_probs', added by JointTask.prepare_inputs)")
+            if tuple(relation_probs.shape) != (batch, 2):
+                raise ValueError(f"relation_probs has shape {relation_probs.shape}, expected {(batch, 2)}")
+            probs = relation_probs.astype(jnp.float32)
+        else:
+            if relation_probs is not None:
+                raise ValueError("relation_probs given, but relation_inputs='module' computes them itself")
+            # §2.5: the frozen module sees the same normalised crop as the main ResNet.
+            logits = self.relation(input_ids, input_mask, pixels, deterministic=True, train=False)
+            probs = relation_probabilities(logits)
+        probs = jax.lax.stop_gradient(probs)
+        # One gate per head (§2.5: the original's is the same for both).
+        mate_gate, masc_gate = c.head_gates
+        grids = {g: projected * gate_value(probs[:, 1], g)[:, None, None].astype(projected.dtype)
+                 for g in dict.fromkeys((mate_gate, masc_gate))}
+        return grids[mate_gate], grids[masc_gate], probs
 
     def _head_images(self, gated):
         c = self.config
@@ -182,19 +238,22 @@ class JMLModel(nn.Module):
         return mate_img, masc_img
 
     def extract(self, input_ids, input_mask, images=None, *, deterministic: bool = True, train: bool = False,
-                groups: int = 1):
+                groups: int = 1, relation_probs=None):
         """Mode ``extraction`` (§3): MATE logits and what MASC needs later.
 
         ``groups``: see `__call__` (BERT and the MATE head are per row).
+        ``relation_probs``: see `gated_image`.
 
         Returns a dict: start_logits, end_logits [B, L]; sequence_output S
-        [B, L, D]; image_features (the gated grid) [B, 49, D];
-        relation_probs [B, 2] (absent when text-only).
+        [B, L, D]; image_features (the gated grid MASC reads) [B, 49, D];
+        relation_probs [B, 2] (absent when text-only; present in both
+        relation_inputs modes).
         """
-        gated, probs = self.gated_image(input_ids, input_mask, images, train=train, groups=groups)
+        mate_grid, gated, probs = self.gated_image(input_ids, input_mask, images, train=train, groups=groups,
+                                                     relation_probs=relation_probs)
         text, _ = self.bert(input_ids, input_mask, jnp.zeros_like(input_ids), deterministic=deterministic)
         self.sow("intermediates", "main_bert_last", text)
-        mate_img, _ = self._head_images(gated)
+        mate_img, _ = self._head_images(mate_grid)
         start, end, seq = self.mate(text, mate_img, deterministic=deterministic)
         out = {"start_logits": start, "end_logits": end, "sequence_output": seq, "image_features": gated}
         if probs is not None:
@@ -211,7 +270,7 @@ class JMLModel(nn.Module):
                          deterministic=deterministic, groups=groups)
 
     def __call__(self, input_ids, input_mask, span_starts, span_ends, images=None, *, deterministic: bool = True,
-                 train: bool = False, groups: int = 1):
+                 train: bool = False, groups: int = 1, relation_probs=None):
         """Mode ``train``: both heads, MASC on the given (gold) spans.
 
         ``groups``: the batch is ``groups`` contiguous groups of B/groups rows,
@@ -221,11 +280,12 @@ class JMLModel(nn.Module):
         packs each group on its own, so the outputs and statistics equal
         ``groups`` calls on the groups in order. Every other layer is per row.
         Used by one-pass gradient accumulation (`jml_jax.steps`).
+        ``relation_probs``: see `gated_image`.
 
         Returns the dict of `extract` plus polarity_logits [B, M, 4].
         """
         out = self.extract(input_ids, input_mask, images, deterministic=deterministic, train=train,
-                           groups=groups)
+                           groups=groups, relation_probs=relation_probs)
         out["polarity_logits"] = self.classify(
             out["sequence_output"], out["image_features"], input_mask, span_starts, span_ends,
             deterministic=deterministic, groups=groups,
