@@ -14,6 +14,8 @@ Variants through the config argument, comma-separated
   fixed         the fixed optimizer (AdamW with bias correction, no decay on
                 biases/LayerNorm, global-norm clipping) and masked attention
   no_relation   gate 1 (paper Table 7 "w/o relation")
+  no_relation_mate / no_relation_masc   gate 1 for that head only, the other
+                keeps the soft gate (Table 7 "w/o Relation MATE" / "... MASC")
   hard_gate     gate 1[P(image adds) > 0.5]
   no_mate_vision / no_masc_vision   zero image features for that head
   bf16          bfloat16 compute
@@ -26,8 +28,8 @@ from typing import Collection
 from configs.common import base_config
 
 FLAGS = (
-    "text_only", "minilm", "fixed", "no_relation", "hard_gate",
-    "no_mate_vision", "no_masc_vision", "bf16",
+    "text_only", "minilm", "fixed", "no_relation", "no_relation_mate", "no_relation_masc",
+    "hard_gate", "no_mate_vision", "no_masc_vision", "bf16",
 )
 
 
@@ -69,6 +71,10 @@ def twitter_config(name: str, data_dir: str, steps_per_epoch_hint: int, flags: C
         c.model.mask_attention = True
     if "no_relation" in flags:
         c.model.relation_gate = "none"
+    if "no_relation_mate" in flags:
+        c.model.mate_relation_gate = "none"
+    if "no_relation_masc" in flags:
+        c.model.masc_relation_gate = "none"
     if "hard_gate" in flags:
         c.model.relation_gate = "hard"
     if "no_mate_vision" in flags:
