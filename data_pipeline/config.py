@@ -100,6 +100,15 @@ def default_data_config() -> ml_collections.ConfigDict:
     # each tweet before its last 'https:' as the original does (§2.3, §10.13);
     # True keeps the whole tweet.
     c.trc_full_text = False
+    # TRC text length as the relation module sees it in stage one. False
+    # (default): padded to max_seq_length (96), unmasked, the length the joint
+    # model feeds it (§2.5), so training and use see the same padding. True:
+    # as the original's TRC loader, each batch padded to its longest tweet and
+    # the padding unmasked (§2.3, §10.6); P(image adds) depends on it. Exact,
+    # without a new shape per batch: the module's means and attention keys
+    # cover each batch's first max-length positions (jml_jax/models/relation.py
+    # `batch_max_positions`). Batches are of batch_size rows, as the original's.
+    c.trc_pad_to_batch_max = False
     return c
 
 

@@ -249,6 +249,8 @@ class EvalIterator(_BatchIterator):
             box = images_lib.center_crop_box(split.images.shape[1:3], s)
             crop_fn = lambda source, row: images_lib.apply_crop(source, *box, s)  # noqa: E731
 
+        pad_to_batch_max = data_config.name == "trc" and bool(data_config.get("trc_pad_to_batch_max", False))
+
         def generate():
             for b in range(num_batches):
                 positions = b * global_batch_size + process_index * local + np.arange(local)
@@ -257,6 +259,10 @@ class EvalIterator(_BatchIterator):
                 batch = _assemble(data_config, split, rows, crop_fn)
                 batch["mask"] = real.astype(np.int32)
                 batch["row"] = rows.astype(np.int32)
+                if pad_to_batch_max:
+                    # Padding rows must not set their batch's text length
+                    # (models/relation.py `batch_max_positions`, §2.3).
+                    batch["input_mask"] = batch["input_mask"] * real[:, None].astype(batch["input_mask"].dtype)
                 yield batch
 
         super().__init__(generate(), data_config.prefetch)

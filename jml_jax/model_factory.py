@@ -62,9 +62,27 @@ def jml_config_from(config, *, relation_inputs: str = "module") -> JMLConfig:
         train_main_resnet=m.train_main_resnet,
         main_resnet_bn_updates=int(m.get("main_resnet_bn_updates", 1)),
         relation_inputs=relation_inputs,
+        relation_pad_group=trc_pad_group(config),
         dtype=m.dtype,
         remat=m.remat,
     )
+
+
+def trc_pad_group(config) -> int:
+    """Rows per TRC batch whose longest tweet sets the relation module's text
+    length under ``data.trc_pad_to_batch_max`` (stage one only), else 0.
+
+    The original's TRC loaders, train and test, take ``--TRC_batch_size`` rows
+    per batch (§2.3): our training batch. Evaluation batches must hold whole
+    ones, so that each group of rows is one of the original's test batches.
+    """
+    if config.get("task", "joint") != "relation" or not config.data.get("trc_pad_to_batch_max", False):
+        return 0
+    group = int(config.batch_size)
+    if int(config.eval_batch_size) % group:
+        raise ValueError(f"data.trc_pad_to_batch_max: eval_batch_size={config.eval_batch_size} must be a "
+                         f"multiple of batch_size={group} (the original's TRC batch)")
+    return group
 
 
 def build_model(config, *, relation_inputs: str = "module") -> JMLModel:
@@ -107,6 +125,7 @@ def build_relation_model(jml: JMLConfig, *, use_images: bool | None = None) -> R
         num_heads=jml.num_heads,
         dropout_rate=jml.dropout_rate,
         mask_text=jml.mask_attention,
+        pad_group=jml.relation_pad_group,
         use_images=jml.use_images if use_images is None else use_images,
         dtype=jml.compute_dtype,
         remat=jml.remat,

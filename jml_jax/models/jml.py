@@ -76,6 +76,11 @@ class JMLConfig:
         its entry points, the frozen module's outputs computed once per
         example beforehand (jml_jax/relation_cache.py); the gate math is the
         same (§2.5).
+      relation_pad_group: stage one only (`model_factory.build_relation_model`;
+        the joint model's own relation module ignores it and sees text padded
+        to L, §2.5): N > 0 gives the relation module the original's TRC text
+        padding, to each batch of N rows' longest tweet, unmasked (§2.3,
+        §10.6; `RelationModule.pad_group`); 0 pads to L.
     """
 
     bert: BertConfig
@@ -97,6 +102,7 @@ class JMLConfig:
     train_main_resnet: bool = True
     main_resnet_bn_updates: int = 1
     relation_inputs: str = "module"
+    relation_pad_group: int = 0
     image_mean: tuple[float, float, float] = IMAGE_MEAN
     image_std: tuple[float, float, float] = IMAGE_STD
     dtype: str = "float32"

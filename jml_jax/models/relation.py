@@ -29,6 +29,27 @@ from jml_jax.models.resnet import ResNet
 GATES = ("soft", "hard", "none")
 
 
+def batch_max_positions(input_mask, group: int):
+    """[B, L] int32: 1 at the positions before the longest row of each row's
+    group of ``group`` consecutive rows, 0 after.
+
+    The original pads each TRC batch to its longest tweet (§2.3) and masks
+    nothing after that (§2.2 step 3, §10.6): the relation module's means and
+    attention keys cover exactly these positions. A call with fewer than
+    ``group`` rows (the init's one row) is one group. Row lengths are read from
+    ``input_mask`` (id != 0 in the original), so padding rows of an eval batch
+    need an all-zero mask (data_pipeline/pipeline.py does that under
+    data.trc_pad_to_batch_max).
+    """
+    b, length = input_mask.shape
+    g = min(group, b)
+    if b % g:
+        raise ValueError(f"batch of {b} rows is not a whole number of TRC batches of {group}")
+    lengths = jnp.sum((input_mask != 0).astype(jnp.int32), axis=1)
+    longest = jnp.repeat(jnp.max(lengths.reshape(b // g, g), axis=1), g)
+    return (jnp.arange(length)[None, :] < longest[:, None]).astype(jnp.int32)
+
+
 def masked_mean(x, mask=None):
     """Mean over axis 1 of x [B, N, D]; with ``mask`` [B, N] only valid rows."""
     if mask is None:
@@ -46,6 +67,14 @@ class RelationModule(nn.Module):
       resnet_depth, resnet_blocks, resnet_width: the relation ResNet.
       mask_text: the fix switch: mask text padding as attention keys and in
         the means over text rows (the original masks nothing, §2.2 step 3).
+      pad_group: stage one only. 0 (default): text padded to the fixed length
+        L, padding unmasked, as the joint model feeds the module (§2.5). N > 0:
+        the text as the original's TRC loader pads it, to the longest row of
+        each batch of N consecutive rows, unmasked (§2.3, §10.6): the means
+        and attention keys cover the first max-length positions of the batch,
+        which equals trimming the batch to that length (BERT masks its own
+        padding keys, so its states there do not depend on L). Exact without
+        a new shape per batch. Ignored when mask_text is on.
     """
 
     bert: BertConfig
@@ -55,6 +84,7 @@ class RelationModule(nn.Module):
     num_heads: int = 8
     dropout_rate: float = 0.1
     mask_text: bool = False
+    pad_group: int = 0
     use_images: bool = True
     dtype: Any = jnp.float32
     remat: bool = False
@@ -89,6 +119,8 @@ class RelationModule(nn.Module):
             grid if grid is not None else jnp.zeros(input_ids.shape[:1] + (49, 2048), self.dtype)
         )
         key_mask = input_mask if self.mask_text else None
+        if key_mask is None and self.pad_group:
+            key_mask = batch_max_positions(input_mask, self.pad_group)
         block = lambda name: CrossModalAttention(  # noqa: E731
             self.num_heads, None, self.dropout_rate, self.dtype, name=name
         )
