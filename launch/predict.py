@@ -1,9 +1,12 @@
 """Predict aspect terms and their sentiment for raw sentences with a trained run.
 
     python -m launch.predict --config=configs/demo.py --workdir=DIR \
-        --input=IN.jsonl --output=OUT.jsonl [--image_dir=FOLDER] [--checkpoint=best]
+        --input=IN.jsonl --output=OUT.jsonl [--image_dir=FOLDER] [--checkpoint=best] [--render=DIR]
 
-The input and output formats are documented in jml_jax/predict.py.
+The input and output formats are documented in jml_jax/predict.py. ``--render``
+also draws one case-study PNG per input into DIR (image, sentence with the
+predicted aspects coloured by polarity, P(image adds); jml_jax/render.py), like
+the paper's Figure 3.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ _INPUT = flags.DEFINE_string("input", None, "JSON lines of sentences (see jml_ja
 _OUTPUT = flags.DEFINE_string("output", None, "where the JSON-lines predictions go")
 _IMAGE_DIR = flags.DEFINE_string("image_dir", None, "folder of the input images (default: data.image_dir)")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number")
+_RENDER = flags.DEFINE_string("render", None, "also draw one case-study PNG per input into this folder")
 flags.mark_flags_as_required(["config", "workdir", "input", "output"])
 
 
@@ -39,6 +43,12 @@ def main(argv):
         write_jsonl(_OUTPUT.value, records)
         n = sum(len(r["aspects"]) for r in records)
         print(f"wrote {len(records)} predictions ({n} aspects) to {_OUTPUT.value}")
+        if _RENDER.value:
+            from jml_jax.render import render_case_studies
+
+            image_dir = _IMAGE_DIR.value or config.data.get("image_dir")
+            paths = render_case_studies(records, _RENDER.value, image_dir=image_dir)
+            print(f"drew {len(paths)} case studies in {_RENDER.value}")
 
 
 if __name__ == "__main__":
