@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import pathlib
 import shutil
 import urllib.request
 
+from data_pipeline.reader_common import sha256_file
 from data_pipeline.readers import read_trc_csv, read_tsv
 
 logger = logging.getLogger(__name__)
@@ -81,12 +81,6 @@ class ChecksumError(ValueError):
     """A raw file's sha256 is not the published one."""
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify(path, expected: str) -> None:

@@ -205,3 +205,30 @@ def json_records(path: pathlib.Path, text: str):
                 raise syntax_error(pos, "expected ',' or ']' after a record")
     if text[pos:].strip():
         raise syntax_error(ws.match(text, pos).end(), "extra data after the JSON array")
+
+
+def read_json_file(path, on_error: str, make_example) -> ReadResult:
+    """A JSON array (or JSON Lines) file, one example per record: ``make_example(record,
+    example_id)`` raises RecordError for a bad record, reported with its line."""
+    path, text = read_text(path)
+    issues = ErrorPolicy(path, on_error)
+    examples = []
+    for line, index, record in json_records(path, text):
+        try:
+            if isinstance(record, RecordError):
+                raise record
+            examples.append(make_example(record, f"{path.stem}:{index}"))
+        except RecordError as e:
+            issues.report(issues.location(e.line or line, index), str(e))
+    return issues.result(examples, "the file is empty" if not text.strip() else "an empty JSON array")
+
+
+def sha256_file(path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

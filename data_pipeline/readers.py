@@ -33,7 +33,7 @@ import re
 
 from data_pipeline.examples import Example
 from data_pipeline.reader_common import (ON_ERROR_CHOICES, SHORT_POLARITY, DataFormatError, ErrorPolicy,
-                                         ReadResult, RecordError, json_records, make_example, read_text,
+                                         ReadResult, RecordError, make_example, read_json_file, read_text,
                                          split_lines)
 from data_pipeline.trc_readers import TRC_CSV_HEADER, read_trc, read_trc_csv, split_trc
 
@@ -101,17 +101,7 @@ def _json_example(record, example_id: str) -> Example:
 
 def read_json(path, on_error: str = "raise") -> ReadResult:
     """Reads the sentence-level JSON format (array or JSON Lines) -> ReadResult of Examples."""
-    path, text = read_text(path)
-    issues = ErrorPolicy(path, on_error)
-    examples = []
-    for line, index, record in json_records(path, text):
-        try:
-            if isinstance(record, RecordError):
-                raise record
-            examples.append(_json_example(record, f"{path.stem}:{index}"))
-        except RecordError as e:
-            issues.report(issues.location(e.line or line, index), str(e))
-    return issues.result(examples, _empty_hint(text) or "an empty JSON array")
+    return read_json_file(path, on_error, _json_example)
 
 
 # ------------------------------------------------------------------ original lines

@@ -18,7 +18,8 @@ import math
 import numpy as np
 
 from data_pipeline.examples import RelationExample
-from data_pipeline.reader_common import DataFormatError, ErrorPolicy, ReadResult, RecordError, json_records, read_text, split_lines
+from data_pipeline.reader_common import (DataFormatError, ErrorPolicy, ReadResult, RecordError, read_json_file,
+                                         read_text, split_lines)
 
 TRC_CSV_HEADER = ("tweet_id", "user_id", "tweet", "text_is_represented", "image_adds")
 
@@ -43,17 +44,7 @@ def read_trc(path, on_error: str = "raise") -> ReadResult:
     Tweets with no words are kept (the TRC set has some); they become
     '[CLS] [SEP]' features.
     """
-    path, text = read_text(path)
-    issues = ErrorPolicy(path, on_error)
-    examples = []
-    for line, index, record in json_records(path, text):
-        try:
-            if isinstance(record, RecordError):
-                raise record
-            examples.append(_trc_example(record, f"{path.stem}:{index}"))
-        except RecordError as e:
-            issues.report(issues.location(e.line or line, index), str(e))
-    return issues.result(examples, "the file is empty" if not text.strip() else "an empty JSON array")
+    return read_json_file(path, on_error, _trc_example)
 
 
 def cut_tweet(tweet: str) -> str:

@@ -132,8 +132,9 @@ class Built:
     eval_calls_per_batch: dict[str, int]  # how often each eval fn runs per eval batch
 
 
-def batch_shapes(config, batch_size: int, *, train: bool) -> dict[str, jax.ShapeDtypeStruct]:
-    """Abstract batch as the data pipeline yields it (int32 features, uint8 images)."""
+def batch_shapes(config, batch_size: int, *, train: bool, relation_probs: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+    """Abstract batch as the steps read it (int32 features, uint8 images, and
+    the cached relation outputs when the task adds them: jml_jax/relation_cache.py)."""
     length, spans = config.data.max_seq_length, config.data.max_spans
     i32 = jnp.int32
     out = {
@@ -154,6 +155,8 @@ def batch_shapes(config, batch_size: int, *, train: bool) -> dict[str, jax.Shape
     if config.model.use_images:
         crop = config.data.crop_size
         out["image"] = ((batch_size, crop, crop, 3), jnp.uint8)
+    if relation_probs:
+        out["relation_probs"] = ((batch_size, 2), jnp.float32)
     return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in out.items()}
 
 
@@ -177,9 +180,11 @@ def _build(config, devices, *, activation_constraints: bool = True) -> Built:
     def with_batch_sharding(b):
         return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh) for k, v in b.items()}
 
-    train_batch = with_batch_sharding(batch_shapes(config, int(config.batch_size), train=True))
+    cached = "relation_probs" in exp.task.batch_keys
+    train_batch = with_batch_sharding(batch_shapes(config, int(config.batch_size), train=True, relation_probs=cached))
     evaluator = exp.make_evaluator()
-    eval_batch = with_batch_sharding(batch_shapes(config, int(config.eval_batch_size), train=False))
+    eval_batch = with_batch_sharding(batch_shapes(config, int(config.eval_batch_size), train=False,
+                                                  relation_probs=cached))
     extract_args = (state.params, state.batch_stats, eval_batch)
     _, kept = jax.eval_shape(evaluator._extract, *extract_args)
     kept = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=bsh), kept)

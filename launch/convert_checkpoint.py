@@ -38,7 +38,7 @@ import argparse
 import importlib.util
 import pathlib
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 from launch.subcommands import run_subcommands
 

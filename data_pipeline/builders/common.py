@@ -12,13 +12,13 @@ trained on ids from another vocab would otherwise train silently on garbage.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 
 import numpy as np
 
 from data_pipeline import prepare
+from data_pipeline.reader_common import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,6 @@ class PreparedDataMismatchError(ValueError):
     """A prepared build does not match the config (or the current code)."""
 
 
-def _sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def is_relation(data_config) -> bool:
@@ -81,9 +75,9 @@ def build_params(data_config) -> dict:
         "build_format": BUILD_FORMAT,
         "name": c.name,
         "annotation_format": c.format,
-        "vocab_sha256": _sha256_file(c.vocab_file),
+        "vocab_sha256": sha256_file(c.vocab_file),
         "max_seq_length": int(c.max_seq_length),
-        "files_sha256": {s: _sha256_file(c[f"{s}_file"]) for s in ("train", "dev", "test") if c[f"{s}_file"]},
+        "files_sha256": {s: sha256_file(c[f"{s}_file"]) for s in ("train", "dev", "test") if c[f"{s}_file"]},
         "images": has_images(c),
     }
     if is_relation(c):
