@@ -6,8 +6,8 @@
 Data files default to ``data/twitter2015/{train,dev,test}.json`` and
 ``data/twitter2015/images``. Variants, comma-separated after the colon
 (``--config=configs/twitter2015.py:text_only,minilm``; see configs/twitter.py):
-text_only, minilm, fixed, no_relation, hard_gate, no_mate_vision,
-no_masc_vision, bf16.
+text_only, minilm, fixed, no_relation, no_relation_mate, no_relation_masc,
+hard_gate, no_mate_vision, no_masc_vision, bf16.
 """
 
 from configs.args import config_name, parse_config_arg

@@ -5,8 +5,8 @@
 Data files default to ``data/twitter2017/{train,dev,test}.json`` and
 ``data/twitter2017/images``. Variants, comma-separated after the colon
 (``--config=configs/twitter2017.py:fixed,bf16``; see configs/twitter.py):
-text_only, minilm, fixed, no_relation, hard_gate, no_mate_vision,
-no_masc_vision, bf16.
+text_only, minilm, fixed, no_relation, no_relation_mate, no_relation_masc,
+hard_gate, no_mate_vision, no_masc_vision, bf16.
 """
 
 from configs.args import config_name, parse_config_arg
