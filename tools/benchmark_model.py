@@ -31,7 +31,15 @@ class ModelSpec:
     bert: BERT preset ('bert-base', 'minilm-l6', 'tiny').
     resnet_depth: 152 (the paper), 101, 50, ...; resnet_blocks overrides the
       per-stage block counts, resnet_width the stem width (64 = torchvision).
-    grad_accum: micro-batches per optimizer step (the batch is split).
+    grad_accum: micro-batches per optimizer step (the batch is split); the
+      JAX side runs them as the config's ``optimizer.accumulation`` does
+      (one pass over G groups by default), the PyTorch twin as G sequential
+      forward/backward passes.
+    matmul_precision: 'tf32' or 'highest', set explicitly on both sides
+      (``jax_default_matmul_precision`` = 'tensorfloat32' / 'highest';
+      ``torch.backends.{cuda.matmul,cudnn}.allow_tf32``). Only float32
+      matmuls are affected; bfloat16 rows record it all the same.
+    torch_compile: time ``torch.compile`` of the PyTorch twin instead of eager.
     """
 
     bert: str = "bert-base"
@@ -46,6 +54,8 @@ class ModelSpec:
     steps: int = 10
     warmup: int = 2
     seed: int = 0
+    matmul_precision: str = "tf32"
+    torch_compile: bool = False
 
 
 def make_batch(spec: ModelSpec, vocab_size: int) -> dict[str, np.ndarray]:
@@ -104,6 +114,109 @@ def experiment_config(spec: ModelSpec):
     return c
 
 
+# Datasheet dense peaks (TFLOP/s, without 2:4 sparsity) per device kind, matched
+# by substring of jax's ``device_kind`` / torch's device name, most specific first.
+# Sources: NVIDIA H100 Tensor Core GPU datasheet (SXM: BF16 1,979 / TF32 989 /
+# FP32 67 TFLOP/s with sparsity for the tensor-core figures, halved here;
+# PCIe: 1,513 / 756 / 51); NVIDIA H200 Tensor Core GPU datasheet (SXM: the same
+# tensor-core figures as H100 SXM); NVIDIA A100 Tensor Core GPU datasheet
+# (BF16 312, TF32 156, FP32 19.5 dense); NVIDIA L4 datasheet (BF16 242 / TF32
+# 120 with sparsity, FP32 30.3); Google Cloud TPU system architecture pages
+# (v4: 275, v5e: 197, v5p: 459 bf16 TFLOP/s per chip).
+DATASHEET_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H200", {"bfloat16": 989.0, "tf32": 494.5, "float32": 67.0}),
+    ("H100 PCIe", {"bfloat16": 756.5, "tf32": 378.0, "float32": 51.0}),
+    ("H100", {"bfloat16": 989.0, "tf32": 494.5, "float32": 67.0}),  # SXM / HBM3
+    ("A100", {"bfloat16": 312.0, "tf32": 156.0, "float32": 19.5}),
+    ("L4", {"bfloat16": 121.0, "tf32": 60.0, "float32": 30.3}),
+    ("TPU v4", {"bfloat16": 275.0}),
+    ("TPU v5 lite", {"bfloat16": 197.0}),
+    ("TPU v5e", {"bfloat16": 197.0}),
+    ("TPU v5p", {"bfloat16": 459.0}),
+)
+
+
+def compute_kind(spec: ModelSpec) -> str:
+    """What the matmuls of the run execute as: 'bfloat16', 'tf32' or 'float32'."""
+    if spec.dtype == "bfloat16":
+        return "bfloat16"
+    return "tf32" if spec.matmul_precision == "tf32" else "float32"
+
+
+def datasheet_peak_tflops(device_kind: str, kind: str) -> float | None:
+    """The datasheet's dense peak for this device and compute kind, or None (unknown, CPU)."""
+    for name, peaks in DATASHEET_PEAKS:
+        if name.lower() in device_kind.lower():
+            return peaks.get(kind)
+    return None
+
+
+def set_jax_matmul_precision(precision: str) -> None:
+    import jax
+
+    jax.config.update("jax_default_matmul_precision",
+                      {"tf32": "tensorfloat32", "highest": "highest"}[precision])
+
+
+def set_torch_matmul_precision(precision: str) -> None:
+    import torch
+
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+def measure_matmul_ceiling(kind: str, n: int | None = None, reps: int = 10) -> dict[str, Any]:
+    """Achieved TFLOP/s of a large square matmul on JAX's default device.
+
+    ``kind`` picks the operands (bfloat16, or float32 under the matmul
+    precision already set). n defaults to 8192 on accelerators and 1024 on CPU;
+    ``reps`` chained products run in one jit call, timed after a warm-up call.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    platform = jax.devices()[0].platform
+    n = n or (1024 if platform == "cpu" else 8192)
+    dtype = jnp.bfloat16 if kind == "bfloat16" else jnp.float32
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = (jax.random.normal(ka, (n, n), jnp.float32) / np.sqrt(n)).astype(dtype)
+    b = (jax.random.normal(kb, (n, n), jnp.float32) / np.sqrt(n)).astype(dtype)
+
+    @jax.jit
+    def chain(a, b):
+        return jax.lax.fori_loop(0, reps, lambda _, x: (x @ b).astype(dtype), a)
+
+    jax.block_until_ready(chain(a, b))
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        jax.block_until_ready(chain(a, b))
+        best = min(best, time.perf_counter() - t0)
+    return {"kind": kind, "n": n, "reps": reps, "tflops": 2.0 * n**3 * reps / best / 1e12}
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled JAX function, from XLA's ``cost_analysis()``."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def mfu(flops_per_step: float | None, steps_per_s: float, peak_tflops: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over a peak (TFLOP/s); None when either is unknown."""
+    if not flops_per_step or not peak_tflops:
+        return None
+    return flops_per_step * steps_per_s / (peak_tflops * 1e12)
+
+
 def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
@@ -134,6 +247,7 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
     (extraction + classification on the batch's spans, one jit)."""
     import jax
 
+    set_jax_matmul_precision(spec.matmul_precision)
     from jml_jax.experiment import build_experiment
     from jml_jax.models.jml import JMLModel
     from jml_jax.sharding import batch_sharding, global_batch_from_process_local
@@ -163,7 +277,9 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
 
     results = {"framework": "flax (jit)", "device": jax.devices()[0].platform,
                "device_kind": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
-               "init_s": init_s, "num_params": n_params}
+               "init_s": init_s, "num_params": n_params, "matmul_precision": spec.matmul_precision,
+               "accumulation": str(config.optimizer.get("accumulation", "one_pass")),
+               "grad_accum": int(config.optimizer.grad_accum_steps)}
 
     eval_step = make_eval_step(forward, s.shardings, bsh, rules=s.rules)
     t0 = time.perf_counter()
@@ -173,7 +289,8 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
                              jax.block_until_ready)
     peak, how = _jax_peak_bytes()
     results["eval"] = {"compile_s": compile_s, "steps_per_s": spec.steps / elapsed,
-                       "examples_per_s": spec.steps * spec.batch / elapsed, "peak_bytes": peak}
+                       "examples_per_s": spec.steps * spec.batch / elapsed, "peak_bytes": peak,
+                       "flops_per_step": compiled_flops(eval_compiled)}
 
     train_step = s.make_train_step()  # the trainer's own step, accumulation as configured
     t0 = time.perf_counter()
@@ -189,17 +306,30 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
     peak, how = _jax_peak_bytes()
     results["train"] = {"compile_s": compile_s, "steps_per_s": spec.steps / elapsed,
                         "examples_per_s": spec.steps * spec.batch / elapsed, "peak_bytes": peak,
-                        "final_loss": float(metrics["loss"])}
+                        "final_loss": float(metrics["loss"]), "flops_per_step": compiled_flops(train_compiled)}
     results["memory"] = how
+    # XLA counts a while loop's body once: in 'scan' accumulation the train
+    # step's FLOPs are one micro-batch's plus the update, so scale them up.
+    if results["accumulation"] == "scan" and results["grad_accum"] > 1 and results["train"]["flops_per_step"]:
+        results["train"]["flops_per_step"] *= results["grad_accum"]
+        results["train"]["flops_note"] = "scan body counted once by XLA; scaled by grad_accum"
+    kind = compute_kind(spec)
+    results["compute_kind"] = kind
+    results["matmul_ceiling"] = measure_matmul_ceiling(kind)
+    results["datasheet_peak_tflops"] = datasheet_peak_tflops(results["device_kind"], kind)
     return results
 
 
 def bench_torch_model(spec: ModelSpec) -> dict[str, Any]:
-    """tools/torch_jml.py's eager model: the same shapes, AdamW (foreach) with
-    global-norm clipping, torch.autocast for bfloat16, parameters float32."""
+    """tools/torch_jml.py's model: the same shapes, AdamW (foreach) with
+    global-norm clipping, torch.autocast for bfloat16, parameters float32.
+    Eager, or ``torch.compile``d when ``spec.torch_compile`` (then the first
+    step's time, compile included, is reported as compile_s)."""
     import contextlib
 
     import torch
+
+    set_torch_matmul_precision(spec.matmul_precision)
 
     from jml_jax.models.bert import get_bert_config
     from jml_jax.models.jml import IMAGE_MEAN, IMAGE_STD
@@ -244,15 +374,25 @@ def bench_torch_model(spec: ModelSpec) -> dict[str, Any]:
         return _rss_bytes(), "process max RSS"
 
     n_params = sum(p.numel() for p in model.parameters())
-    results = {"framework": "torch (eager)", "device": device,
+    results = {"framework": "torch (compile)" if spec.torch_compile else "torch (eager)", "device": device,
                "device_kind": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-               "init_s": init_s, "num_params": n_params}
+               "init_s": init_s, "num_params": n_params, "matmul_precision": spec.matmul_precision,
+               "torch_version": torch.__version__}
+
+    def eval_forward(ids, mask, px, span_starts, span_ends):
+        start, end, seq, image = model.extract(ids, mask, px)
+        return start, end, model.classify(seq, image, mask, span_starts, span_ends)
+
+    train_model = model
+    if spec.torch_compile:
+        eval_forward = torch.compile(eval_forward)
+        train_model = torch.compile(model)
 
     def eval_step():
-        with torch.inference_mode(), autocast():
-            start, end, seq, image = model.extract(batch["input_ids"], batch["input_mask"], pixels())
-            polarity = model.classify(seq, image, batch["input_mask"], batch["span_starts"], batch["span_ends"])
-        return start, end, polarity
+        grad_off = torch.no_grad() if spec.torch_compile else torch.inference_mode()
+        with grad_off, autocast():
+            return eval_forward(batch["input_ids"], batch["input_mask"], pixels(),
+                                batch["span_starts"], batch["span_ends"])
 
     model.eval()
     t0 = time.perf_counter()
@@ -279,7 +419,7 @@ def bench_torch_model(spec: ModelSpec) -> dict[str, Any]:
             rows = slice(a * micro, (a + 1) * micro)
             mb = {k: v[rows] for k, v in batch.items()}
             with autocast():
-                start, end, polarity = model(mb["input_ids"], mb["input_mask"], mb["span_starts"],
+                start, end, polarity = train_model(mb["input_ids"], mb["input_mask"], mb["span_starts"],
                                              mb["span_ends"], pixels(rows))
                 loss = torch_jml.jml_loss(start, end, polarity, mb) / accum
             loss.backward()

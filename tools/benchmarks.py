@@ -4,11 +4,15 @@ Full JML model, train step (both BERTs, both ResNets, main ResNet fine-tuned,
 relation module frozen: configs/twitter2015.py with random weights) and eval
 step (extraction + classification), JAX vs eager PyTorch, same shapes:
 
-    # GPU, the paper's model (bert-base, ResNet-152, batch 32, length 96, 20 steps):
-    python -m launch.benchmark model --preset paper --dtype bfloat16 --json model.json
+    # GPU, the paper's model and step (bert-base, ResNet-152, length 96, the
+    # config's batch 32 in 8 accumulation groups of 4, 20 steps), with the
+    # torch.compile column:
+    python -m launch.benchmark model --preset paper --dtype bfloat16 --torch-compile --json model.json
     # the same, spelled out:
     python -m launch.benchmark model --bert bert-base --resnet-depth 152 --resnet-blocks '' \
-        --resnet-width 64 --batch 32 --length 96 --dtype bfloat16 --steps 20 --warmup 3
+        --resnet-width 64 --batch 32 --grad-accum 8 --length 96 --dtype bfloat16 --steps 20 --warmup 3
+    # float32 rows: TF32 tensor cores on both sides (the default), or full FP32:
+    python -m launch.benchmark model --preset paper --matmul-precision highest
     # CPU-sized run, the default (--preset cpu: tiny BERT, ResNet-50 with one block
     # per stage and width 16, batch 8, length 48; a few minutes on 2 cores):
     python -m launch.benchmark model
@@ -36,7 +40,13 @@ its default backend (GPU/TPU when present); torch uses CUDA when available.
 bfloat16: ``BertModel(dtype=jnp.bfloat16)`` vs ``torch.autocast(bfloat16)``,
 parameters float32 on both sides. Compile time (JAX) and the first eager step
 (torch) are reported apart from steady-state steps/s. Each framework runs in
-its own fresh process. Peak memory: the device's peak_bytes_in_use on GPU/TPU
+its own fresh process. --matmul-precision (tf32 | highest) is set explicitly on
+both sides (jax_default_matmul_precision; torch allow_tf32 for matmul and
+cuDNN) and recorded. MFU: the compiled JAX step's FLOPs (XLA cost_analysis(),
+the same model on every side) times steps/s, over a large matmul timed on the
+device in the run's compute kind (the measured ceiling) and over the
+datasheet's dense peak (tools/benchmark_model.DATASHEET_PEAKS; not reported
+for devices outside that table, such as CPUs). Peak memory: the device's peak_bytes_in_use on GPU/TPU
 (torch.cuda.max_memory_allocated for torch), the process's max RSS on CPU.
 
 Each benchmark is one subcommand: an entry of SUBCOMMANDS mapping its name to
@@ -47,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -236,12 +247,22 @@ def _encoders_run(args: argparse.Namespace) -> int:
 
 # Sizes of the model benchmark: 'paper' is the paper's model and batch (for a
 # GPU/TPU), 'cpu' a small stand-in that finishes in minutes on two cores.
+# batch and grad_accum None in 'paper' = the real config's (configs/twitter2015.py:
+# batch_size 32 in 8 micro-batches), so the step timed is the step training runs.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(bert="bert-base", resnet_depth=152, resnet_blocks="", resnet_width=64,
-                  batch=32, length=96, steps=20, warmup=3),
+                  batch=None, grad_accum=None, length=96, steps=20, warmup=3),
     "cpu": dict(bert="tiny", resnet_depth=50, resnet_blocks="1,1,1,1", resnet_width=16,
-                batch=8, length=48, steps=3, warmup=1),
+                batch=8, grad_accum=1, length=48, steps=3, warmup=1),
 }
+
+
+def _paper_config_sizes() -> dict[str, int]:
+    """The real config's global batch and accumulation (configs/twitter2015.py)."""
+    from configs import twitter2015
+
+    c = twitter2015.get_config()
+    return {"batch": int(c.batch_size), "grad_accum": int(c.optimizer.grad_accum_steps)}
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -258,9 +279,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--steps", type=int, default=None, help="timed steps")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps after compilation")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--grad-accum", type=int, default=None,
+                   help="micro-batches per optimizer step (paper preset: the config's, 8)")
+    p.add_argument("--matmul-precision", choices=("tf32", "highest"), default="tf32",
+                   help="float32 matmuls, set explicitly on both sides: TF32 tensor cores or full FP32")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="also time torch.compile(model) of the PyTorch twin (its compile time apart)")
     p.add_argument("--text-only", action="store_true", help="no images: no ResNets, no relation module")
     p.add_argument("--skip-torch", action="store_true", help="only the JAX model")
+    p.add_argument("--jax-result", default=None,
+                   help="reuse the JAX result of an earlier --json file of the same spec instead of "
+                        "running JAX again (its FLOPs and matmul ceiling give the PyTorch rows' MFU)")
     p.add_argument("--json", default=None, help="also write the results to this file")
 
 
@@ -269,33 +298,57 @@ def _model_spec(args: argparse.Namespace):
 
     sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v)
              for k, v in MODEL_PRESETS[args.preset].items()}
+    if any(v is None for v in sizes.values()):
+        real = _paper_config_sizes()
+        sizes = {k: (real[k] if v is None else v) for k, v in sizes.items()}
     blocks = tuple(int(b) for b in sizes.pop("resnet_blocks").split(",") if b.strip())
     return ModelSpec(**sizes, resnet_blocks=blocks or None, text_only=args.text_only,
-                     dtype=args.dtype, grad_accum=args.grad_accum)
+                     dtype=args.dtype, matmul_precision=args.matmul_precision,
+                     torch_compile=args.torch_compile)
 
 
-def model_benchmark(spec, skip_torch: bool = False) -> dict[str, Any]:
+def model_benchmark(spec, skip_torch: bool = False, jax_result: dict | None = None) -> dict[str, Any]:
     """Runs the JAX (and torch) model benchmarks, each in a fresh process.
 
-    Returns ``{'benchmark': 'model', 'spec': {...}, 'results': [flax, torch?],
-    'flax_over_torch': {'train': r, 'eval': r}}``; each result holds
-    framework, device, init_s, num_params, memory (how peaks were measured)
-    and per phase ('train', 'eval'): compile_s (JAX compile / first torch
-    step), steps_per_s, examples_per_s, peak_bytes.
+    Returns ``{'benchmark': 'model', 'spec': {...}, 'results': [flax, torch?,
+    torch compile?], 'flax_over_torch': {'train': r, 'eval': r}, 'mfu':
+    {...}}``; each result holds framework, device, init_s, num_params,
+    matmul_precision, memory (how peaks were measured) and per phase ('train',
+    'eval'): compile_s (JAX compile / first torch step, compile included for
+    torch.compile), steps_per_s, examples_per_s, peak_bytes, and mfu_ceiling /
+    mfu_datasheet: the phase's FLOPs (XLA's cost_analysis() of the compiled
+    JAX step, used for every framework since the model is the same) times
+    steps/s, over the measured matmul ceiling and over the datasheet peak
+    (None where the device is not in the table, e.g. CPU).
     """
     import dataclasses
 
     from tools import benchmark_model
 
-    results = [_in_fresh_process(benchmark_model.bench_flax_model, spec)]
+    results = [jax_result or _in_fresh_process(benchmark_model.bench_flax_model, spec)]
     if not skip_torch:
-        results.append(_in_fresh_process(benchmark_model.bench_torch_model, spec))
+        if not (spec.torch_compile and jax_result is not None):  # eager already beside that JAX result
+            results.append(_in_fresh_process(benchmark_model.bench_torch_model,
+                                             dataclasses.replace(spec, torch_compile=False)))
+        if spec.torch_compile:
+            results.append(_in_fresh_process(benchmark_model.bench_torch_model, spec))
     summary: dict[str, Any] = {"benchmark": "model", "spec": dataclasses.asdict(spec), "results": results}
-    if len(results) == 2:
+    if len(results) >= 2:
         summary["flax_over_torch"] = {
             phase: results[0][phase]["steps_per_s"] / results[1][phase]["steps_per_s"]
             for phase in ("train", "eval")
         }
+    flax = results[0]
+    ceiling = flax["matmul_ceiling"]["tflops"]
+    peak = flax["datasheet_peak_tflops"]
+    summary["mfu"] = {"compute_kind": flax["compute_kind"], "matmul_ceiling": flax["matmul_ceiling"],
+                      "datasheet_peak_tflops": peak,
+                      "flops_per_step": {ph: flax[ph]["flops_per_step"] for ph in ("train", "eval")}}
+    for r in results:
+        for phase in ("train", "eval"):
+            flops = flax[phase]["flops_per_step"]
+            r[phase]["mfu_ceiling"] = benchmark_model.mfu(flops, r[phase]["steps_per_s"], ceiling)
+            r[phase]["mfu_datasheet"] = benchmark_model.mfu(flops, r[phase]["steps_per_s"], peak)
     return summary
 
 
@@ -304,20 +357,40 @@ def _describe_spec(spec) -> str:
         f"ResNet-{spec.resnet_depth}" + (f" blocks {spec.resnet_blocks}" if spec.resnet_blocks else "")
         + (f" width {spec.resnet_width}" if spec.resnet_width != 64 else ""))
     return (f"JML {spec.bert} + {images}, batch {spec.batch} x length {spec.length}, {spec.dtype}, "
-            f"grad accum {spec.grad_accum}, {spec.steps} timed steps")
+            f"matmul precision {spec.matmul_precision}, grad accum {spec.grad_accum}, "
+            f"{spec.steps} timed steps")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def _model_run(args: argparse.Namespace) -> int:
     spec = _model_spec(args)
-    summary = model_benchmark(spec, skip_torch=args.skip_torch)
+    jax_result = None
+    if args.jax_result:
+        with open(args.jax_result) as f:
+            earlier = json.load(f)
+        if {k: v for k, v in earlier["spec"].items() if k != "torch_compile"} != {
+                k: v for k, v in json.loads(json.dumps(dataclasses.asdict(spec))).items() if k != "torch_compile"}:
+            raise SystemExit(f"--jax-result {args.jax_result} was measured with another spec: {earlier['spec']}")
+        jax_result = earlier["results"][0]
+    summary = model_benchmark(spec, skip_torch=args.skip_torch, jax_result=jax_result)
     print(_describe_spec(spec))
     print(f"{'framework':<15} {'device':<7} {'phase':<6} {'compile/1st s':>13} {'steps/s':>9} "
-          f"{'examples/s':>10} {'peak MiB':>9}")
+          f"{'examples/s':>10} {'peak MiB':>9} {'MFU ceil':>8} {'MFU sheet':>9}")
     for r in summary["results"]:
         for phase in ("train", "eval"):
             p = r[phase]
             print(f"{r['framework']:<15} {r['device']:<7} {phase:<6} {p['compile_s']:>13.2f} "
-                  f"{p['steps_per_s']:>9.3f} {p['examples_per_s']:>10.1f} {p['peak_bytes'] / 2**20:>9.0f}")
+                  f"{p['steps_per_s']:>9.3f} {p['examples_per_s']:>10.1f} {p['peak_bytes'] / 2**20:>9.0f} "
+                  f"{_pct(p['mfu_ceiling']):>8} {_pct(p['mfu_datasheet']):>9}")
+    m = summary["mfu"]
+    flops = ", ".join(f"{ph} {v / 1e9:.3f} GFLOP" if v else f"{ph} n/a" for ph, v in m["flops_per_step"].items())
+    peak = m["datasheet_peak_tflops"]
+    print(f"FLOPs per step (XLA cost_analysis): {flops}; {m['compute_kind']} matmul ceiling "
+          f"{m['matmul_ceiling']['tflops']:.2f} TFLOP/s (n={m['matmul_ceiling']['n']}); datasheet peak "
+          + (f"{peak:.0f} TFLOP/s ({summary['results'][0]['device_kind']})" if peak else "unknown for this device"))
     print(f"peak memory: {summary['results'][0]['memory']}; params: {summary['results'][0]['num_params']:,}")
     if "flax_over_torch" in summary:
         ratio = summary["flax_over_torch"]
