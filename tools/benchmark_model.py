@@ -111,6 +111,10 @@ def experiment_config(spec: ModelSpec):
     c.data.max_seq_length = spec.length
     c.batch_size = c.eval_batch_size = spec.batch
     c.optimizer.grad_accum_steps = spec.grad_accum
+    # The relation module stays inside the steps, as in the PyTorch twin (the
+    # precomputed relation cache would need relation_probs in the batch).
+    if "relation_cache" in c.model:
+        c.model.relation_cache = "off"
     return c
 
 
