@@ -32,6 +32,7 @@ CONFIGS = ("demo", "twitter2015", "twitter2017", "trc_relation", "text_real")
 # Cases that repeat another case's code path run only in the slow set.
 SLOW_CONFIGS = {"twitter2017"}  # every variant but the default
 SLOW_CASES = {("twitter2015", "minilm"), ("twitter2015", "no_masc_vision"), ("twitter2015", "hard_gate"),
+              ("twitter2015", "no_relation_masc"),
               ("trc_relation", "sample,minilm"), ("trc_relation", "sample,fast_lr"),
               ("text_real", "twitter2015,adamw"), ("text_real", "twitter2015,mask")}
 TEXT_REAL_DATASETS = ("twitter2015", "twitter2017")

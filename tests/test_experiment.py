@@ -51,3 +51,32 @@ def test_pretrained_pieces_replace_the_random_init_and_nothing_else(monkeypatch)
         want = pieces[f"params/{key}"] if f"params/{key}" in pieces else random[key]
         np.testing.assert_array_equal(state[key], want, err_msg=key)
     assert chosen and len(chosen) < len(abstract)
+
+
+def test_schedule_length_follows_the_original_or_the_steps_taken():
+    from configs import twitter2015
+    from jml_jax.train import Schedule
+
+    c = twitter2015.get_config()
+    assert c.optimizer.t_total == "original"
+    s = Schedule.from_config(c, 2101)  # Twitter-2015 train (§8)
+    assert (s.steps_per_epoch, s.total_steps, s.t_total) == (65, 3250, 3282)
+    c.optimizer.t_total = "steps"
+    assert Schedule.from_config(c, 2101).t_total == 3250
+    c.optimizer.t_total = "nope"
+    try:
+        Schedule.from_config(c, 2101)
+    except ValueError as err:
+        assert "optimizer.t_total='nope'" in str(err)
+    else:
+        raise AssertionError("an unknown t_total must be refused")
+
+
+def test_faithful_defaults_of_the_joint_config():
+    from configs import twitter2015
+    from jml_jax import model_factory
+
+    c = twitter2015.get_config()
+    jml = model_factory.jml_config_from(c)
+    assert jml.main_resnet_bn_updates == 2  # the original's double BatchNorm update (§10.8)
+    assert (c.optimizer.grad_accum_steps, c.optimizer.accumulation, c.batch_size) == (8, "one_pass", 32)
