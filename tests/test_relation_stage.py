@@ -21,7 +21,7 @@ import pytest
 from configs import demo as demo_config
 from configs import trc_relation
 from data_pipeline import pipeline, readers
-from jml_jax import checkpointing, model_factory, weights
+from jml_jax import checkpointing, model_factory, relation_cache, weights
 from jml_jax.checkpointing import Checkpointer
 from jml_jax.convert.common import CheckpointMismatchError, flatten_tree
 from jml_jax.evaluate import EvalSplit
@@ -234,14 +234,24 @@ def _assert_relation_equal(pieces, want):
 def test_joint_model_loads_a_saved_relation_exactly_and_freezes_it(tmp_path):
     variables = _relation_variables_like_demo()
     save_relation(tmp_path / RELATION_DIR, variables["params"], variables["batch_stats"])
+    # The relation module inside the steps (model.relation_cache='off'): loaded into
+    # the joint state, and frozen: no optimizer state for any relation parameter.
     c = _joint_demo_config(tmp_path / RELATION_DIR)
+    c.model.relation_cache = "off"
     s = build_experiment(c, num_train_steps=10)
     pieces = s.task.pretrained_pieces(s.abstract_variables)
     _assert_relation_equal(pieces, variables)
-    # Frozen: no optimizer state for any relation parameter.
     opt_paths = ["/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
                  for path, _ in jax.tree_util.tree_leaves_with_path(s.abstract_state.opt_state)]
     assert opt_paths and not [p for p in opt_paths if "relation" in p.split("/")]
+    # The default, the relation cache: the module's outputs are computed once from the
+    # same weights, and the train state holds no relation parameters at all.
+    c = _joint_demo_config(tmp_path / RELATION_DIR)
+    s = build_experiment(c, num_train_steps=10)
+    assert "relation" not in s.abstract_state.params
+    loaded = relation_cache.load_variables(c, s.task.jml)
+    _assert_relation_equal({f"{col}/relation/{k}": v for col, tree in loaded.items()
+                            for k, v in _flat_np(tree).items()}, variables)
 
 
 @pytest.mark.slow
@@ -263,6 +273,7 @@ def test_stage_one_with_images_hands_off_to_joint_training(tmp_path):
     assert set(saved) == {"params", "batch_stats"} and "pre_resnet" in saved["params"]
 
     c = _joint_demo_config(stage_one / RELATION_DIR, max_steps=2, eval_start_fraction=0.0, eval_splits=("dev",))
+    c.model.relation_cache = "off"  # the module in the joint state, to check it stays frozen there
     s = build_experiment(c, num_train_steps=2)
     _assert_relation_equal(s.task.pretrained_pieces(s.abstract_variables), saved)
     joint = tmp_path / "joint"
