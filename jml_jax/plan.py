@@ -495,7 +495,8 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
             f"{config.num_epochs} epochs; {r['evaluations']} evaluations ({config.eval_per_epoch} per epoch after the "
             f"first {config.eval_start_fraction:.0%} of steps), each {r['eval_batches_per_evaluation']} batches of "
             f"{first.get('eval_batch', '?')} over dev ({TWITTER2015['dev']}) and test ({TWITTER2015['test']}), "
-            "one extraction and two classifications per batch (host decoding not counted).",
+            "one extraction (which classifies the gold spans too) and one classification of the decoded "
+            "spans per batch (host decoding not counted).",
         ]
     if notes:
         lines += ["", "Refused plans:", ""] + notes

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -62,15 +63,17 @@ def main(argv):
     splits = common.eval_splits(config, _SPLIT.value)
     if _THRESHOLDS.value:
         rows = sweep_thresholds(config, workdir, splits, _parse_thresholds(_THRESHOLDS.value), which=which)
-        (workdir / "threshold_sweep.json").write_text(json.dumps(
-            {"checkpoint": _CHECKPOINT.value, "splits": list(splits), "rows": rows}, indent=2) + "\n")
+        if jax.process_index() == 0:
+            (workdir / "threshold_sweep.json").write_text(json.dumps(
+                {"checkpoint": _CHECKPOINT.value, "splits": list(splits), "rows": rows}, indent=2) + "\n")
         print_sweep(rows, list(splits))
         return
     scores = evaluate_checkpoint(
         config, workdir, splits, which=which,
         predictions_dir=workdir / "predictions",
     )
-    (workdir / "eval_results.json").write_text(json.dumps(scores, indent=2) + "\n")
+    if jax.process_index() == 0:
+        (workdir / "eval_results.json").write_text(json.dumps(scores, indent=2) + "\n")
     width = max(len(k) for k in scores)
     for key, value in scores.items():
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")

@@ -40,6 +40,9 @@ _CONSTRAINTS = flags.DEFINE_bool(
     "activation_constraints", True, "apply model-code activation sharding constraints (the trainer's default)")
 _TABLE = flags.DEFINE_string("table", None, "write the markdown scale table here")
 _ROWS = flags.DEFINE_list("rows", [], "with --table: plans (JSON files) to render instead of planning them")
+_COMPARE = flags.DEFINE_list(
+    "constraint_rows", [], "with --table: two plans (JSON) of one config and mesh, with and without "
+    "--activation_constraints, compared below the table")
 _CACHE = common.define_compilation_cache_flag()
 
 
@@ -55,6 +58,12 @@ def main(argv):
             if not rows:
                 rows = [plan_lib.plan_or_error(config, t, m) for t, m in plan_lib.TABLE_ROWS]
             text = plan_lib.scale_table(rows, config, command=" ".join(["python -m launch.plan"] + sys.argv[1:]))
+            if _COMPARE.value:
+                if len(_COMPARE.value) != 2:
+                    raise plan_lib.PlanError("--constraint_rows takes two plans: with,without")
+                with_, without = (json.loads(pathlib.Path(p).read_text()) for p in _COMPARE.value)
+                text = text.rstrip("\n") + "\n\n## Activation constraints\n\n" + plan_lib.constraint_comparison(
+                    with_, without) + "\n"
             pathlib.Path(_TABLE.value).write_text(text)
             print(text)
             return
