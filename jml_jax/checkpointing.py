@@ -33,6 +33,7 @@ import re
 from typing import Any, Literal, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -46,7 +47,7 @@ BEST_DIR = "best"
 COMMIT_FILE = "commit_success.txt"
 STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 _TMP_RE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
-_RESERVED = ("step", "metrics")
+_RESERVED = ("step", "metrics", "fingerprint")
 _MAX_LISTED = 10
 
 
@@ -152,6 +153,49 @@ def _check_structure(path: Any, target: Any, saved_metadata: Any) -> None:
     mismatched = sorted((k, want[k], have[k]) for k in want if k in have and want[k] != have[k])
     if missing or unexpected or mismatched:
         raise CheckpointStructureError(path, missing, unexpected, mismatched)
+
+
+def _as_bits(x: jax.Array) -> jax.Array:
+    """The array's bit patterns as uint32 (floats bitcast, narrower types widened)."""
+    if x.dtype.itemsize == 4:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    if x.dtype.itemsize == 2:
+        return jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    if x.dtype.itemsize == 1:
+        return jax.lax.bitcast_convert_type(x, jnp.uint8).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint64).astype(jnp.uint32)
+
+
+@jax.jit
+def _fingerprint_leaves(leaves):
+    # Sums of bit patterns wrap modulo 2**32: exact and independent of how the
+    # array is sharded, so a checkpoint written on 8 devices checks on 1.
+    out = []
+    for x in leaves:
+        bits = _as_bits(x).ravel()
+        out.append(jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * bits, dtype=jnp.uint32)]))
+    return out
+
+
+def fingerprint(tree: Any) -> dict[str, list[int]]:
+    """Per leaf (by path): two uint32 checksums of its bit patterns, computed on
+    the devices; any flipped byte in a data file changes them."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not leaves:
+        return {}
+    sums = jax.device_get(_fingerprint_leaves([leaf for _, leaf in leaves]))
+    return {"/".join(_key_name(e) for e in path): [int(v) for v in np.asarray(s)]
+            for (path, _), s in zip(leaves, sums)}
+
+
+def _check_fingerprint(path: Any, restored: Any, expected: Mapping[str, Any] | None) -> None:
+    if not expected:
+        return  # written before checksums were recorded
+    got = fingerprint(restored)
+    bad = sorted(k for k in expected if got.get(k) != list(expected[k]))
+    if bad:
+        raise CheckpointError(path, f"the data files are damaged: {len(bad)} array(s) read back differently "
+                                    f"from what was saved ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})")
 
 
 def _restore_target(target: Any) -> Any:
@@ -266,9 +310,9 @@ class Checkpointer:
         metrics = dict(_jsonable(dict(metrics or {}), "metrics"))
         user = _jsonable(dict(metadata or {}), "metadata")
         for key in _RESERVED:
-            if key in user and user[key] != {"step": step, "metrics": metrics}[key]:
+            if key in user and user[key] != {"step": step, "metrics": metrics}.get(key):
                 raise ValueError(f"checkpoint metadata key {key!r} is reserved (given {user[key]!r})")
-        meta = {**user, "step": step, "metrics": metrics}
+        meta = {**user, "step": step, "metrics": metrics, "fingerprint": fingerprint(state)}
         tracked = metrics if self.best_metric in metrics else None
         try:
             return self._manager.save(
@@ -299,7 +343,7 @@ class Checkpointer:
         replacing the previous best: what evaluation restores as 'best', without
         the optimizer state a resumable checkpoint needs (asynchronous)."""
         step = int(step)
-        meta = {"step": step, "metrics": _jsonable(dict(scores), "scores")}
+        meta = {"step": step, "metrics": _jsonable(dict(scores), "scores"), "fingerprint": fingerprint(variables)}
         manager = self._best_manager()
         if step in manager.all_steps():  # re-evaluated after a resume: replace it
             manager.delete(step)
@@ -329,7 +373,9 @@ class Checkpointer:
                 VARIABLES: ocp.args.StandardRestore(target), METADATA: ocp.args.JsonRestore()}))
         except Exception as err:
             raise CheckpointError(folder / str(step), f"restoring the best step {step} failed: {err}") from err
-        return restored[VARIABLES], dict(restored[METADATA])
+        meta = dict(restored[METADATA])
+        _check_fingerprint(folder / str(step), restored[VARIABLES], meta.pop("fingerprint", None))
+        return restored[VARIABLES], meta
 
     def wait(self) -> None:
         """Blocks until a background save has finished."""
@@ -454,7 +500,9 @@ class Checkpointer:
             )
         except Exception as err:
             raise CheckpointError(step_dir, f"restoring step {step} failed: {err}") from err
-        return restored[STATE], dict(restored[METADATA])
+        meta = dict(restored[METADATA])
+        _check_fingerprint(step_dir, restored[STATE], meta.pop("fingerprint", None))
+        return restored[STATE], meta
 
     def restore_or_none(self, target: Any, *, check=None) -> tuple[Any, dict] | None:
         """The latest usable checkpoint, or ``None`` for a fresh start.
@@ -483,6 +531,10 @@ class Checkpointer:
             if not incomplete:
                 return None
             return self.restore("latest", target)  # raises, naming the incomplete steps
+        newer = {s: why for s, why in incomplete.items() if s > complete[-1]}
+        if newer:
+            log.warning("ignoring incomplete checkpoints newer than step %d in %s: %s",
+                        complete[-1], self.directory, newer)
         problems: list[str] = []
         for step in reversed(complete):
             try:
