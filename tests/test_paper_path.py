@@ -158,6 +158,7 @@ def _artifact_kind(folder: pathlib.Path) -> str:
     return json.loads((folder / "artifact.json").read_text(encoding="utf-8"))["kind"]
 
 
+@pytest.mark.slow  # a few minutes: `python -m pytest -q tests/test_paper_path.py` runs it (README)
 def test_the_readme_paper_commands_run_in_order_with_stand_in_weights(tmp_path):
     commands = readme_paper_commands(README.read_text(encoding="utf-8"))
     _lay_out_workdir(tmp_path)
