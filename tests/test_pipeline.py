@@ -236,9 +236,16 @@ def test_data_counts_name_gold_aspects_cut_by_truncation(tiny, tmp_path):
     cfg = data_config(tiny, image_dir=None, dev_file=str(tmp_path / "dev.json"), vocab_file=str(vocab),
                       max_seq_length=10)  # 8 pieces kept: words 8.. are cut
     counts = pipeline.load_split(cfg, "dev").data_counts
-    assert counts["examples"] == 2  # the second sentence lost its only aspect
+    # Evaluation keeps the second sentence, which lost its only aspect: its gold
+    # aspect scores as a miss instead of leaving recall's denominator.
+    assert counts["examples"] == 3 and counts["sentences_kept_without_gold_targets"] == 1
     assert counts["gold_aspects_truncated"] == 3
-    assert counts["sentences_with_truncated_aspects"] == 2 and counts["sentences_dropped_no_gold"] == 1
+    assert counts["sentences_with_truncated_aspects"] == 2 and counts["sentences_dropped_no_gold"] == 0
+    # Training drops it: it has no target to learn from.
+    train_cfg = data_config(tiny, image_dir=None, train_file=str(tmp_path / "dev.json"), vocab_file=str(vocab),
+                            max_seq_length=10)
+    train_counts = pipeline.load_split(train_cfg, "train").data_counts
+    assert train_counts["examples"] == 2 and train_counts["sentences_dropped_no_gold"] == 1
 
 
 @pytest.mark.parametrize("text", ["", "[]", "  \n"])
