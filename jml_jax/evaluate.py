@@ -38,6 +38,7 @@ from jml_jax import metrics as metrics_lib
 from jml_jax.models.jml import JMLModel
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local, process_batch_rows, replicated
 from jml_jax.steps import make_eval_step
+from jml_jax.train_state import make_finite_check
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +429,6 @@ def restore_for_eval(config, workdir, which="best", *, devices=None):
     finally:
         ckpt.close()
     from jml_jax.checkpointing import CheckpointError
-    from jml_jax.train import make_finite_check
 
     if not bool(make_finite_check(exp.mesh)((state.params, state.batch_stats))):
         raise CheckpointError(ckpt.directory / str(int(state.step)),

@@ -45,6 +45,33 @@ def _variables(params, batch_stats):
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
+def joint_loss(model, jml, params, batch_stats, batch, rng, train, *, groups: int = 1, relation_probs=None):
+    """``-> (loss, (aux, new_batch_stats))``: MATE + MASC (§5.3) of the joint ``model``
+    (configured by ``jml``, a JMLConfig) on one batch.
+
+    ``groups``: the batch holds that many contiguous groups of the original's
+    mini-batch size, each normalised on its own (§5.3) and with its own
+    BatchNorm statistics (jml_jax/steps.py, one-pass accumulation).
+    ``relation_probs``: the cached relation outputs [B, 2] when the model has
+    no relation module (jml_jax/relation_cache.py).
+    """
+    update_bn = jml.use_images and jml.train_main_resnet
+    mutable = ["batch_stats"] if (train and update_bn) else False
+    result = model.apply(
+        _variables(params, batch_stats), batch["input_ids"], batch["input_mask"], batch["span_starts"],
+        batch["span_ends"], batch.get("image"), deterministic=not train, train=train,
+        rngs={"dropout": rng}, mutable=mutable, groups=groups, relation_probs=relation_probs,
+    )
+    out, new_vars = result if mutable else (result, {})
+    loss, aux = losses.jml_loss(
+        out["start_logits"], out["end_logits"], batch["start_positions"], batch["end_positions"],
+        out["polarity_logits"], batch["polarity_labels"], batch["span_mask"],
+        boundary_mask=batch["input_mask"] if jml.mask_attention else None, groups=groups,
+    )
+    aux = {k: v for k, v in aux.items() if k != "loss"}  # the step reports the loss itself
+    return loss, (aux, new_vars.get("batch_stats", batch_stats))
+
+
 class JointTask:
     """Stage two: MATE + MASC with the relation-gated image features.
 
@@ -88,29 +115,10 @@ class JointTask:
         return tuple(frozen)
 
     def loss_fn(self, params, batch_stats, batch, rng, train, *, groups: int = 1):
-        """``-> (loss, (aux, new_batch_stats))``: MATE + MASC (§5.3).
-
-        ``groups``: the batch holds that many contiguous groups of the
-        original's mini-batch size, each normalised on its own (§5.3) and with
-        its own BatchNorm statistics (jml_jax/steps.py, one-pass accumulation).
-        """
-        jml = self.jml
-        update_bn = jml.use_images and jml.train_main_resnet
-        mutable = ["batch_stats"] if (train and update_bn) else False
-        result = self.model.apply(
-            _variables(params, batch_stats), batch["input_ids"], batch["input_mask"], batch["span_starts"],
-            batch["span_ends"], batch.get("image"), deterministic=not train, train=train,
-            rngs={"dropout": rng}, mutable=mutable, groups=groups,
-            relation_probs=batch.get("relation_probs") if self.relation_cached else None,
-        )
-        out, new_vars = result if mutable else (result, {})
-        loss, aux = losses.jml_loss(
-            out["start_logits"], out["end_logits"], batch["start_positions"], batch["end_positions"],
-            out["polarity_logits"], batch["polarity_labels"], batch["span_mask"],
-            boundary_mask=batch["input_mask"] if jml.mask_attention else None, groups=groups,
-        )
-        aux = {k: v for k, v in aux.items() if k != "loss"}  # the step reports the loss itself
-        return loss, (aux, new_vars.get("batch_stats", batch_stats))
+        """``-> (loss, (aux, new_batch_stats))``: `joint_loss` of this task's model."""
+        relation_probs = batch.get("relation_probs") if self.relation_cached else None
+        return joint_loss(self.model, self.jml, params, batch_stats, batch, rng, train, groups=groups,
+                          relation_probs=relation_probs)
 
     def pretrained_pieces(self, abstract: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not self.relation_cached:

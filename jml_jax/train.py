@@ -40,7 +40,6 @@ import time
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jml_jax.checkpointing import Checkpointer
@@ -48,8 +47,9 @@ from jml_jax.evaluate import EvalSplit, validate_eval_setup
 from jml_jax.experiment import build_experiment
 from jml_jax.mesh import describe_mesh
 from jml_jax.progress import Progress
-from jml_jax.sharding import global_batch_from_process_local, replicated
+from jml_jax.sharding import global_batch_from_process_local
 from jml_jax.summary import MetricWriter
+from jml_jax.train_state import make_finite_check
 
 log = logging.getLogger(__name__)
 
@@ -99,24 +99,6 @@ class Schedule:
 
     def is_eval_step(self, step: int) -> bool:
         return (step % self.eval_every == 0 or step == self.total_steps) and step > self.eval_start
-
-
-def make_finite_check(mesh) -> Callable[[Any], jax.Array]:
-    """Jitted ``tree -> bool`` (replicated on ``mesh``): every float leaf is finite.
-
-    The train step refuses updates whose loss or gradients are not finite, but
-    finite gradients can still give non-finite parameters (a NaN or infinite
-    learning rate); the loop checks before each save so no checkpoint holds them.
-    """
-
-    def all_finite(tree):
-        ok = jnp.array(True)
-        for x in jax.tree.leaves(tree):
-            if jnp.issubdtype(x.dtype, jnp.inexact):
-                ok = ok & jnp.all(jnp.isfinite(x))
-        return ok
-
-    return jax.jit(all_finite, out_shardings=replicated(mesh))
 
 
 class _PendingMetrics:

@@ -220,3 +220,20 @@ def state_shardings_tree(state: TrainState) -> TrainState:
     """The `NamedSharding`s that a concrete state currently has."""
     return jax.tree.map(lambda x: x.sharding, state)
 
+
+def make_finite_check(mesh) -> Callable[[Any], jax.Array]:
+    """Jitted ``tree -> bool`` (replicated on ``mesh``): every float leaf is finite.
+
+    The train step refuses updates whose loss or gradients are not finite, but
+    finite gradients can still give non-finite parameters (a NaN or infinite
+    learning rate); the loop checks before each save so no checkpoint holds them.
+    """
+
+    def all_finite(tree):
+        ok = jnp.array(True)
+        for x in jax.tree.leaves(tree):
+            if jnp.issubdtype(x.dtype, jnp.inexact):
+                ok = ok & jnp.all(jnp.isfinite(x))
+        return ok
+
+    return jax.jit(all_finite, out_shardings=replicated(mesh))

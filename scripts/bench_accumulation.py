@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import time
 
@@ -25,33 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jml_jax import losses
 from jml_jax.mesh import make_mesh
 from jml_jax.models.bert import BERT_PRESETS
 from jml_jax.models.jml import JMLConfig, JMLModel
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local
 from jml_jax.steps import ACCUMULATIONS, make_train_step
+from jml_jax.tasks import joint_loss
 from jml_jax.train_state import create_sharded_state
 
 SPANS = 20  # the original's max aspect slots (§5.2)
-
-
-def make_loss_fn(model: JMLModel):
-    """The joint loss with ``groups`` passed to the model and to `losses.jml_loss`."""
-
-    def loss_fn(params, batch_stats, batch, rng, train, *, groups=1):
-        out, new_vars = model.apply(
-            {"params": params, "batch_stats": batch_stats}, batch["input_ids"], batch["input_mask"],
-            batch["span_starts"], batch["span_ends"], batch["image"], deterministic=not train,
-            train=train, groups=groups, rngs={"dropout": rng}, mutable=["batch_stats"],
-        )
-        loss, aux = losses.jml_loss(
-            out["start_logits"], out["end_logits"], batch["start_positions"], batch["end_positions"],
-            out["polarity_logits"], batch["polarity_labels"], batch["span_mask"], groups=groups,
-        )
-        return loss, ({k: v for k, v in aux.items() if k != "loss"}, new_vars["batch_stats"])
-
-    return loss_fn
 
 
 def make_batch(n: int, length: int, image: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -89,7 +72,7 @@ def bench(accumulation: str, args) -> dict:
     image = jnp.zeros((1, args.image, args.image, 3), jnp.uint8)
     state, shardings = create_sharded_state(
         lambda r: model.init(r, ids, ids, spans, spans, image), tx, mesh, None, jax.random.PRNGKey(0))
-    step = make_train_step(make_loss_fn(model), tx, shardings, batch_sharding(mesh),
+    step = make_train_step(functools.partial(joint_loss, model, model.config), tx, shardings, batch_sharding(mesh),
                            grad_accum_steps=args.groups, accumulation=accumulation)
     batch = global_batch_from_process_local(
         make_batch(args.groups * args.micro, args.length, args.image), mesh)

@@ -12,6 +12,7 @@ device and on 8 fake devices with whole groups per device.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -20,7 +21,7 @@ import numpy as np
 import optax
 import pytest
 
-from jml_jax import losses
+from jml_jax.tasks import joint_loss
 from jml_jax.mesh import make_mesh
 from jml_jax.models.bert import BertConfig
 from jml_jax.models import spans as spans_lib
@@ -45,29 +46,8 @@ def tiny_config(**overrides) -> JMLConfig:
 
 
 def make_loss_fn(model: JMLModel, jml_config: JMLConfig):
-    """The joint loss function with the ``groups`` keyword: the model and
-    `losses.jml_loss` both get it (the change the trainer's loss needs)."""
-    update_bn = jml_config.use_images and jml_config.train_main_resnet
-
-    def loss_fn(params, batch_stats, batch, rng, train, *, groups=1):
-        variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
-        mutable = ["batch_stats"] if (train and update_bn) else False
-        result = model.apply(
-            variables, batch["input_ids"], batch["input_mask"], batch["span_starts"],
-            batch["span_ends"], batch.get("image"), deterministic=not train, train=train,
-            groups=groups, rngs={"dropout": rng}, mutable=mutable,
-        )
-        out, new_vars = result if mutable else (result, {})
-        loss, aux = losses.jml_loss(
-            out["start_logits"], out["end_logits"], batch["start_positions"], batch["end_positions"],
-            out["polarity_logits"], batch["polarity_labels"], batch["span_mask"],
-            boundary_mask=batch["input_mask"] if jml_config.mask_attention else None,
-            groups=groups,
-        )
-        aux = {k: v for k, v in aux.items() if k != "loss"}
-        return loss, (aux, new_vars.get("batch_stats", batch_stats))
-
-    return loss_fn
+    """The trainer's joint loss (`tasks.joint_loss`) for ``model``."""
+    return functools.partial(joint_loss, model, jml_config)
 
 
 def make_batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
