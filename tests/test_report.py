@@ -228,6 +228,27 @@ def test_grouping_separates_setups_and_names_them_apart(tmp_path):
     }
 
 
+def test_per_head_relation_gates_name_the_setup_apart(tmp_path):
+    def multimodal(seed, **gates):
+        config = _config(seed, use_images=True)
+        config["model"].update(gates)
+        return config
+
+    runs = [
+        _write_run(tmp_path / "full", 1, final=0.5, config=multimodal(1)),
+        _write_run(tmp_path / "mate", 1, final=0.5, config=multimodal(1, mate_relation_gate="none")),
+        _write_run(tmp_path / "masc", 1, final=0.5, config=multimodal(1, masc_relation_gate="none")),
+        _write_run(tmp_path / "both", 1, final=0.5, config=multimodal(1, relation_gate="none",
+                                                                        masc_relation_gate=None)),
+    ]
+    groups = report.group_runs([report.load_run(p) for p in runs])
+    labels = [report.describe_setup(g.runs[0].config)["images"] for g in groups]
+    assert labels == ["relation gate soft", "relation gate none for MATE, soft for MASC",
+                      "relation gate soft for MATE, none for MASC", "relation gate none"]
+    assert [re.search(r"-mm-(gate_[a-z_]+)-", g.name).group(1) for g in groups] == [
+        "gate_soft", "gate_mate_none_masc_soft", "gate_mate_soft_masc_none", "gate_none"]
+
+
 def test_group_by_pattern_refuses_runs_that_differ_in_more_than_the_seed(tmp_path):
     runs = [report.load_run(_write_run(tmp_path / "t15_s1", 1, final=0.5)),
             report.load_run(_write_run(tmp_path / "t15_s2", 2, final=0.5, config=_config(2, lr=1e-4)))]

@@ -204,7 +204,7 @@ def describe_setup(config: Mapping) -> dict[str, str]:
     if model.get("use_images", True):
         off = [n for n in ("mate_vision", "masc_vision") if not model.get(n, True)]
         out["modality"] = "text + image"
-        out["images"] = f"relation gate {model['relation_gate']}" + "".join(f", no {n}" for n in off)
+        out["images"] = _gate_label(model) + "".join(f", no {n}" for n in off)
     else:
         out["modality"] = "text only (no image stream)"
     out["optimizer"] = (f"{opt['name']}, lr {opt['learning_rate']:g}, batch {config['batch_size']}, "
@@ -214,6 +214,17 @@ def describe_setup(config: Mapping) -> dict[str, str]:
     threshold = (config.get("decode") or {}).get("logit_threshold")
     out["threshold"] = "not recorded" if threshold is None else f"{threshold:g}"
     return out
+
+
+def _head_gates(model: Mapping) -> tuple[str, str]:
+    """The relation gate each head uses: a per-head override, else ``relation_gate``."""
+    base = model["relation_gate"]
+    return model.get("mate_relation_gate") or base, model.get("masc_relation_gate") or base
+
+
+def _gate_label(model: Mapping) -> str:
+    mate, masc = _head_gates(model)
+    return f"relation gate {mate}" if mate == masc else f"relation gate {mate} for MATE, {masc} for MASC"
 
 
 def short_setup(config: Mapping) -> str:
@@ -229,7 +240,8 @@ def setup_slug(config: Mapping) -> str:
     model = config["model"]
     parts = [config["data"]["name"], model["bert"]]
     if model.get("use_images", True):
-        parts += ["mm", f"gate_{model['relation_gate']}"]
+        mate, masc = _head_gates(model)
+        parts += ["mm", f"gate_{mate}" if mate == masc else f"gate_mate_{mate}_masc_{masc}"]
         parts += [f"no_{n}" for n in ("mate_vision", "masc_vision") if not model.get(n, True)]
     else:
         parts.append("text")
