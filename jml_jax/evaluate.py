@@ -444,7 +444,7 @@ def evaluate_checkpoint(config, workdir, eval_splits: Mapping[str, EvalSplit], *
     Writes ``<predictions_dir>/<split>_predictions.jsonl`` (joint model) when asked.
     """
     exp, state = restore_for_eval(config, workdir, which, devices=devices)
-    _, eval_splits = exp.task.prepare_inputs(exp, None, eval_splits)
+    _, eval_splits = exp.task.prepare_inputs(exp, None, eval_splits, workdir=workdir)
     evaluator = exp.make_evaluator()
     scores: dict[str, float] = {"step": float(int(state.step))}
     for name, split in eval_splits.items():
@@ -475,7 +475,7 @@ def sweep_thresholds(config, workdir, eval_splits: Mapping[str, EvalSplit], thre
     exp, state = restore_for_eval(config, workdir, which, devices=devices)
     if exp.task.name != "joint":
         raise ValueError("threshold sweeps score span decoding: they need a joint-model config")
-    _, eval_splits = exp.task.prepare_inputs(exp, None, eval_splits)
+    _, eval_splits = exp.task.prepare_inputs(exp, None, eval_splits, workdir=workdir)
     evaluator = exp.make_evaluator()
     base = evaluator.decode_config
     rows = []

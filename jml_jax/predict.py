@@ -226,7 +226,7 @@ def predict(config, workdir, inputs: Sequence[PredictInput], *, image_dir: str |
     """Restores ``which`` checkpoint of ``workdir`` and predicts every input."""
     split = build_split(config, inputs, image_dir)
     exp, evaluator, state = restore_for_prediction(config, workdir, which)
-    _, splits = exp.task.prepare_inputs(exp, None, {split.name: split})
+    _, splits = exp.task.prepare_inputs(exp, None, {split.name: split}, workdir=workdir)
     pred = evaluator.predict_split(state, splits[split.name])
     return format_predictions(inputs, split, pred)
 

@@ -29,6 +29,13 @@ With the cache on (`decide`; ``model.relation_cache``):
     processes each computes the examples its own rows need (at most the whole
     training set once), not the shared table of one global pass.
 
+Because the checkpoints hold no relation module, evaluation and prediction
+read it from the config again; `pin` keeps them honest. Training records the
+module's per-array checksums in ``<workdir>/relation_fingerprint.json``; a
+resumed run, an evaluation or a prediction whose config loads other relation
+weights (another ``model.relation_init``, a re-run stage one, another seed's
+random init) is refused with the arrays that differ.
+
 With ``data.crop_mode='random'`` (a new crop per epoch) or
 ``model.relation_cache='off'`` the module stays inside the steps, as before.
 """
@@ -36,7 +43,9 @@ With ``data.crop_mode='random'`` (a new crop per epoch) or
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import pathlib
 import time
 from typing import Any, Iterator, Mapping
 
@@ -57,6 +66,7 @@ MODES = ("auto", "off")
 # Crop modes whose pixels of an example are the same in every epoch (data_pipeline/config.py).
 STATIC_CROPS = ("fixed", "center")
 RELATION = "relation"  # the joint model's name for its relation subtree (models/jml.py)
+FINGERPRINT_FILE = "relation_fingerprint.json"
 
 
 def decide(config) -> tuple[bool, str]:
@@ -321,14 +331,60 @@ class _WithProbs:
             self._inner.close()
 
 
-def attach(config, jml: JMLConfig, variables: Mapping[str, Any] | None, train_data, eval_splits):
+def describe_source(config) -> str:
+    """Where `load_variables` takes the relation module from, in words."""
+    m = config.model
+    if m.get("original_checkpoint"):
+        return f"model.original_checkpoint={m.original_checkpoint}"
+    if m.get("relation_init"):
+        return f"model.relation_init={m.relation_init}"
+    return f"the random init of seed={config.seed} (model.relation_init is not set)"
+
+
+def pin(workdir: str | pathlib.Path, variables: Mapping[str, Any], source: str, *, record: bool) -> None:
+    """Checks the relation variables against the ones ``workdir`` trained with.
+
+    With ``record`` (training) a workdir without a record gets one (process 0
+    writes it); without (evaluation, prediction) a missing record, from a run
+    older than the record, is only logged.
+    """
+    from jml_jax.checkpointing import fingerprint
+
+    path = pathlib.Path(workdir) / FINGERPRINT_FILE
+    got = fingerprint(variables)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        expected = saved["arrays"]
+        bad = sorted(k for k in set(expected) | set(got) if got.get(k) != expected.get(k))
+        if bad:
+            shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+            raise ValueError(
+                f"the relation module loaded from {source} is not the one {workdir} was trained with "
+                f"({saved.get('source', 'unrecorded source')}): {len(bad)} of {len(expected)} arrays differ "
+                f"({shown}). The checkpoints hold no relation module (model.relation_cache), so the config "
+                "must load the same one: point model.relation_init (or model.original_checkpoint, or the "
+                "seed of a random init) at what the run used")
+    elif record:
+        if jax.process_index() == 0:
+            path.write_text(json.dumps({"source": source, "arrays": got}, indent=1) + "\n")
+    else:
+        log.warning("%s has no %s (a run from before it was recorded): cannot check that the relation "
+                    "module from %s is the one it trained with", workdir, FINGERPRINT_FILE, source)
+
+
+def attach(config, jml: JMLConfig, variables: Mapping[str, Any] | None, train_data, eval_splits, *,
+           workdir: str | pathlib.Path | None = None):
     """``(train_data, eval_splits)`` carrying ``relation_probs`` (either may be None).
 
     ``variables``: the relation module's, when the caller has them already
-    (JointTask.pretrained_pieces); otherwise `load_variables`.
+    (JointTask.pretrained_pieces); otherwise `load_variables`. ``workdir``:
+    the run whose checkpoints the outputs feed, checked with `pin` (recorded
+    when ``train_data`` is given).
     """
     if variables is None:
         variables = load_variables(config, jml)
+    if workdir is not None:
+        pin(workdir, variables, describe_source(config), record=train_data is not None)
     cache = RelationCache(jml, variables)
     if eval_splits is not None:
         eval_splits = {name: cache.wrap_eval(split) for name, split in eval_splits.items()}

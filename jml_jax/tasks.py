@@ -132,17 +132,18 @@ class JointTask:
             weights.joint_pieces(self.config, module_jml, full))
         return pieces
 
-    def prepare_inputs(self, exp, train_data, eval_splits):
+    def prepare_inputs(self, exp, train_data, eval_splits, *, workdir=None):
         """``(train_data, eval_splits)`` as the model's steps read them (train_data
         may be None: evaluation only). Without the relation cache the batches
         are used as they come; with it they gain ``relation_probs`` [b, 2], the
         frozen relation module's outputs computed once per example
-        (jml_jax/relation_cache.py)."""
+        (jml_jax/relation_cache.py), from the module ``workdir``'s run trained
+        with (`relation_cache.pin`)."""
         del exp
         if not self.relation_cached:
             return train_data, eval_splits
         variables, self._relation_variables = self._relation_variables, None
-        return relation_cache.attach(self.config, self.jml, variables, train_data, eval_splits)
+        return relation_cache.attach(self.config, self.jml, variables, train_data, eval_splits, workdir=workdir)
 
     def make_evaluator(self, mesh, shardings, rules=None):
         from jml_jax.evaluate import Evaluator, decode_config_from
@@ -202,9 +203,9 @@ class RelationTask:
         aux = {f"{name}_accuracy": correct[i] for i, name in enumerate(RELATIONS)}
         return loss, (aux, new_vars.get("batch_stats", batch_stats))
 
-    def prepare_inputs(self, exp, train_data, eval_splits):
+    def prepare_inputs(self, exp, train_data, eval_splits, *, workdir=None):
         """The batches are used as they come."""
-        del exp
+        del exp, workdir
         return train_data, eval_splits
 
     def pretrained_pieces(self, abstract: Mapping[str, Any]) -> dict[str, np.ndarray]:

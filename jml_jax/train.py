@@ -185,7 +185,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
         best, last = empty_best, {"step": None, "scores": {}}
         if jax.process_index() == 0:
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    train_data, eval_splits = task.prepare_inputs(exp, train_data, eval_splits)
+    train_data, eval_splits = task.prepare_inputs(exp, train_data, eval_splits, workdir=workdir)
     train_step = exp.make_train_step()
     evaluator = exp.make_evaluator()
     exported: dict[str, Any] = {}

@@ -4,8 +4,8 @@ On the tiny demo model: the joint model without a relation module, reading
 ``relation_probs`` from the batch, gives the outputs, loss, gradients and
 BatchNorm statistics of the whole model (whose frozen relation module runs in
 the step, §2.5); its random relation init is the whole model's; a short run
-with the cache writes checkpoints without relation parameters and evaluates
-as the run without it; 'auto' turns the cache off for random crops and says why.
+with the cache writes checkpoints without relation parameters, evaluates
+as the run without it and refuses to evaluate with another relation module; 'auto' turns the cache off for random crops and says why.
 """
 
 from __future__ import annotations
@@ -232,3 +232,14 @@ def test_run_with_cache_saves_no_relation_and_scores_as_without(tmp_path):
     scores = evaluate_checkpoint(c, tmp_path / "auto", common.eval_splits(c, ("dev",)), which="latest",
                                  devices=_one_device())
     np.testing.assert_allclose(scores["dev/joint_orig/f1"], cached["dev/joint_orig/f1"], rtol=0, atol=1e-9)
+
+    # The run recorded its relation module; a config that loads another one
+    # (here: another seed's random init) is refused, not silently scored.
+    record = json.loads((tmp_path / "auto" / relation_cache.FINGERPRINT_FILE).read_text())
+    assert record["source"].startswith("the random init of seed=") and record["arrays"]
+    assert not (tmp_path / "off" / relation_cache.FINGERPRINT_FILE).exists()
+    other = _config()
+    other.seed += 1
+    with pytest.raises(ValueError, match=r"not the one .* was trained with .* arrays differ"):
+        evaluate_checkpoint(other, tmp_path / "auto", common.eval_splits(other, ("dev",)), which="latest",
+                            devices=_one_device())
