@@ -228,6 +228,23 @@ def test_grouping_separates_setups_and_names_them_apart(tmp_path):
     }
 
 
+def test_fields_a_run_predates_do_not_name_its_group_unless_needed(tmp_path):
+    newer = _config(1, lr=1e-4)
+    newer["optimizer"]["t_total"] = "original"  # a field the older runs' configs lack
+    runs = [
+        _write_run(tmp_path / "old", 1, final=0.5),
+        _write_run(tmp_path / "new", 1, final=0.5, config=newer),
+    ]
+    groups = report.group_runs([report.load_run(p) for p in runs])
+    assert [g.name for g in groups] == ["twitter2015-minilm-l6-text-bert_adam-unmasked-L64-learning_rate=5e-05",
+                                        "twitter2015-minilm-l6-text-bert_adam-unmasked-L64-learning_rate=0.0001"]
+    same_lr = _config(1)
+    same_lr["optimizer"]["t_total"] = "original"
+    runs.append(_write_run(tmp_path / "new_same_lr", 1, final=0.5, config=same_lr))
+    names = [g.name for g in report.group_runs([report.load_run(p) for p in runs])]
+    assert len(set(names)) == 3 and all("t_total=" in n for n in names)
+
+
 def test_per_head_relation_gates_name_the_setup_apart(tmp_path):
     def multimodal(seed, **gates):
         config = _config(seed, use_images=True)

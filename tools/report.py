@@ -326,7 +326,12 @@ def group_runs(runs: Sequence[Run], group_by: str | None = None) -> list[Group]:
 
 
 def _disambiguate(names: dict, buckets: Mapping) -> None:
-    """Appends the differing config fields to group names that collide."""
+    """Appends the differing config fields to group names that collide.
+
+    Fields that every colliding group's config records come first; a field
+    some configs lack (a run made before the field existed) is named only
+    when the recorded ones leave two names equal.
+    """
     by_name: dict[str, list] = {}
     for key, name in names.items():
         by_name.setdefault(name, []).append(key)
@@ -335,8 +340,16 @@ def _disambiguate(names: dict, buckets: Mapping) -> None:
             continue
         fields = [setup_fields(buckets[k][0].config) for k in keys]
         differing = sorted({f for fs in fields for f in fs if len({repr(x.get(f)) for x in fields}) > 1})
-        for key, fs in zip(keys, fields):
-            names[key] = _slug(name + "-" + "-".join(f"{f.split('.')[-1]}={fs.get(f)}" for f in differing))
+        everywhere = [f for f in differing if all(f in fs for fs in fields)]
+
+        def named(chosen):
+            return [_slug(name + "-" + "-".join(f"{f.split('.')[-1]}={fs.get(f)}" for f in chosen))
+                    for fs in fields]
+
+        new = named(everywhere)
+        if len(set(new)) < len(new):
+            new = named(differing)
+        names.update(zip(keys, new))
 
 
 # ---------------------------------------------------------------------------
