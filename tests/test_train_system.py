@@ -243,7 +243,15 @@ def test_train_steps_match_one_device_on_every_mesh(module_config, step_parity, 
     assert many["setup"].mesh.devices.size == 8
     np.testing.assert_allclose(many["losses"], one["losses"], rtol=1e-5, atol=1e-5)
     for i in (1, 3):
-        _assert_trees_close(many["after"][i], one["after"][i], tol=1e-5, what=f"{mesh_shape} after step {i}")
+        got, want, what = many["after"][i], one["after"][i], f"{mesh_shape} after step {i}"
+        # Sums reduced in a mesh-dependent order differ in their last bits, and
+        # on some CPUs (AMD EPYC without AVX-512) a 'tensor' mesh moves them
+        # most. Adam turns a near-zero gradient into a step of about lr either
+        # way, so a few weights end up to ~3e-5 apart after 3 steps at lr 1e-3;
+        # 1e-4 is still a tenth of one step, far below what a wrong gradient or
+        # a missing shard would give. BatchNorm statistics (means of squares
+        # over batch x H x W, updated twice per step, §10.8) get the same bound.
+        _assert_trees_close(got, want, tol=1e-4, what=what)
     # The step did train: BERT moved, the main ResNet's BatchNorm statistics
     # moved (train mode), the frozen relation module did not.
     initial, after = step_parity["initial"], one["after"][3]
