@@ -226,6 +226,7 @@ def _resnet_gradients(mesh, images, weights):
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(out)[0]}
 
 
+@pytest.mark.slow  # ~70 s; CI checks whole train steps on a 2x2x2 mesh (test_train_system.py)
 def test_resnet_gradients_match_one_device_on_every_mesh():
     # With the conv kernels' output channels on 'tensor' (the rules before
     # this test), (2, 2, 2) gave gradients up to 150% off and (1, 1, 8) 3% off.

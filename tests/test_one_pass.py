@@ -173,7 +173,13 @@ def run_step(name: str, accumulation: str, devices: int):
     return _runs[key]
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", [
+    "faithful",
+    # ~2 min on a 2-core CPU, so in the slow set: two BatchNorm updates per
+    # group are checked against torch in test_resnet.py, and 'row' packing
+    # reads only its own row, which groups cannot change.
+    pytest.param("double_bn_update_row_packing", marks=pytest.mark.slow),
+])
 def test_one_pass_equals_the_sequential_scan(name):
     """Loss, gradients (not parameters: they would hide a zero first learning
     rate) and running statistics of the one-pass step equal the scan's, each
