@@ -188,11 +188,18 @@ def fingerprint(tree: Any) -> dict[str, list[int]]:
             for (path, _), s in zip(leaves, sums)}
 
 
+def fingerprint_mismatches(tree: Any, expected: Mapping[str, Any]) -> list[str]:
+    """Leaf paths, sorted, whose checksums in ``tree`` differ from ``expected``
+    (a `fingerprint`, e.g. read back from JSON) or that only one side has."""
+    got = fingerprint(tree)
+    want = {k: list(v) for k, v in expected.items()}
+    return sorted(k for k in set(want) | set(got) if got.get(k) != want.get(k))
+
+
 def _check_fingerprint(path: Any, restored: Any, expected: Mapping[str, Any] | None) -> None:
     if not expected:
         return  # written before checksums were recorded
-    got = fingerprint(restored)
-    bad = sorted(k for k in expected if got.get(k) != list(expected[k]))
+    bad = fingerprint_mismatches(restored, expected)
     if bad:
         raise CheckpointError(path, f"the data files are damaged: {len(bad)} array(s) read back differently "
                                     f"from what was saved ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})")

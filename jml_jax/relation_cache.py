@@ -55,6 +55,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jml_jax import model_factory, weights
+from jml_jax.checkpointing import fingerprint, fingerprint_mismatches
 from jml_jax.convert.common import unflatten_tree
 from jml_jax.models.jml import JMLConfig, normalize_images
 from jml_jax.models.relation import relation_probabilities
@@ -348,28 +349,23 @@ def pin(workdir: str | pathlib.Path, variables: Mapping[str, Any], source: str, 
     writes it); without (evaluation, prediction) a missing record, from a run
     older than the record, is only logged.
     """
-    from jml_jax.checkpointing import fingerprint
-
     path = pathlib.Path(workdir) / FINGERPRINT_FILE
-    got = fingerprint(variables)
     if path.exists():
         saved = json.loads(path.read_text())
-        expected = saved["arrays"]
-        bad = sorted(k for k in set(expected) | set(got) if got.get(k) != expected.get(k))
+        bad = fingerprint_mismatches(variables, saved["arrays"])
         if bad:
             shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
             raise ValueError(
                 f"the relation module loaded from {source} is not the one {workdir} was trained with "
-                f"({saved.get('source', 'unrecorded source')}): {len(bad)} of {len(expected)} arrays differ "
-                f"({shown}). The checkpoints hold no relation module (model.relation_cache), so the config "
-                "must load the same one: point model.relation_init (or model.original_checkpoint, or the "
-                "seed of a random init) at what the run used")
-    elif record:
-        if jax.process_index() == 0:
-            path.write_text(json.dumps({"source": source, "arrays": got}, indent=1) + "\n")
-    else:
+                f"({saved.get('source', 'unrecorded source')}): {len(bad)} of {len(saved['arrays'])} arrays "
+                f"differ ({shown}). The checkpoints hold no relation module (model.relation_cache), so the "
+                "config must load the same one: point model.relation_init (or model.original_checkpoint, or "
+                "the seed of a random init) at what the run used")
+    elif not record:
         log.warning("%s has no %s (a run from before it was recorded): cannot check that the relation "
                     "module from %s is the one it trained with", workdir, FINGERPRINT_FILE, source)
+    elif jax.process_index() == 0:
+        path.write_text(json.dumps({"source": source, "arrays": fingerprint(variables)}, indent=1) + "\n")
 
 
 def attach(config, jml: JMLConfig, variables: Mapping[str, Any] | None, train_data, eval_splits, *,

@@ -72,7 +72,8 @@ def bench(accumulation: str, args) -> dict:
     image = jnp.zeros((1, args.image, args.image, 3), jnp.uint8)
     state, shardings = create_sharded_state(
         lambda r: model.init(r, ids, ids, spans, spans, image), tx, mesh, None, jax.random.PRNGKey(0))
-    step = make_train_step(functools.partial(joint_loss, model, model.config), tx, shardings, batch_sharding(mesh),
+    loss_fn = functools.partial(joint_loss, model, model.config)
+    step = make_train_step(loss_fn, tx, shardings, batch_sharding(mesh),
                            grad_accum_steps=args.groups, accumulation=accumulation)
     batch = global_batch_from_process_local(
         make_batch(args.groups * args.micro, args.length, args.image), mesh)

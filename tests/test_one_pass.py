@@ -21,13 +21,13 @@ import numpy as np
 import optax
 import pytest
 
-from jml_jax.tasks import joint_loss
 from jml_jax.mesh import make_mesh
 from jml_jax.models.bert import BertConfig
 from jml_jax.models import spans as spans_lib
 from jml_jax.models.jml import JMLConfig, JMLModel
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local
 from jml_jax.steps import make_train_step
+from jml_jax.tasks import joint_loss
 from jml_jax.train_state import abstract_sharded_state, create_sharded_state
 
 RTOL, ATOL = 1e-5, 1e-6  # float32, fixed

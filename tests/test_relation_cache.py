@@ -4,8 +4,9 @@ On the tiny demo model: the joint model without a relation module, reading
 ``relation_probs`` from the batch, gives the outputs, loss, gradients and
 BatchNorm statistics of the whole model (whose frozen relation module runs in
 the step, §2.5); its random relation init is the whole model's; a short run
-with the cache writes checkpoints without relation parameters, evaluates
-as the run without it and refuses to evaluate with another relation module; 'auto' turns the cache off for random crops and says why.
+with the cache writes checkpoints without relation parameters, evaluates as
+the run without it and refuses to evaluate with another relation module;
+'auto' turns the cache off for random crops and says why.
 """
 
 from __future__ import annotations
