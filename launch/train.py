@@ -7,7 +7,8 @@ model.relation_init). Resumes from the latest checkpoint in DIR when there is
 one. Any config field can be overridden: ``--config.num_epochs=3``; a
 mistyped field fails.
 
-On a cluster: DIR belongs to one live run (a second one is refused, naming
+On a cluster: every config error and missing input is reported before any
+data is read; DIR belongs to one live run (a second one is refused, naming
 the holder's host and pid); on SIGTERM or SIGINT the current step is saved
 and the process exits with status 75 (`jml_jax.preemption.PREEMPTED_EXIT_CODE`),
 and rerunning the same command resumes with nothing lost. A workdir whose
@@ -41,6 +42,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def run(config, workdir: str, *, allow_fresh_start: bool = False) -> dict:
     """Checks every input, locks ``workdir``, loads the data and trains; the summary."""
     common.resolve_config_paths(config)
+    common.check_inputs(config)  # before any image is decoded
     # The lock and the signal watch cover the data loading too: a second run
     # stops before decoding images; a signal then stops the run after its first step.
     with WorkdirLock(workdir), PreemptionWatch() as preemption:
