@@ -307,12 +307,13 @@ def _data_counts(train_data: TrainData, eval_splits: Mapping[str, EvalSplit]) ->
 
 def _write_data_counts(workdir: pathlib.Path, train_data, eval_splits) -> None:
     """``workdir/data_counts.json``: per split, what the data preparation
-    replaced (images) or cut (gold aspects past max_seq_length)."""
+    skipped (malformed records, data.on_error='skip'), replaced (images) or
+    cut (gold aspects past max_seq_length)."""
     counts = _data_counts(train_data, eval_splits)
     if counts and jax.process_index() == 0:
         (workdir / "data_counts.json").write_text(json.dumps(counts, indent=2) + "\n")
     for name, c in counts.items():
-        lost = {k: c[k] for k in ("image_fallbacks", "gold_aspects_truncated") if c.get(k)}
+        lost = {k: c[k] for k in ("records_skipped", "image_fallbacks", "gold_aspects_truncated") if c.get(k)}
         if lost:
             log.warning("%s split: %s (details in %s)", name, lost, workdir / "data_counts.json")
 

@@ -44,6 +44,7 @@ def test_a_missing_dev_file_is_named_with_its_split_before_any_image_is_decoded(
     ({"data.image_dir": "/nowhere/images"}, FileNotFoundError, r"data.image_dir='/nowhere/images'"),
     ({"data.fallback_image": "nope.jpg"}, FileNotFoundError, r"data.fallback_image='nope.jpg'"),
     ({"data.crop_mode": "diagonal"}, ValueError, r"data.crop_mode='diagonal'"),
+    ({"data.on_error": "ignore"}, ValueError, r"data.on_error='ignore'"),
     ({"model.bert_init": "/nowhere/bert"}, FileNotFoundError, r"model.bert_init='/nowhere/bert'"),
     ({"eval_splits": ("dev", "tets")}, ValueError, r"unknown split 'tets'"),
     ({"select_metric": "joint_orig/f"}, ValueError, r"select_metric='joint_orig/f' is not a metric"),
@@ -55,3 +56,22 @@ def test_config_errors_are_named_before_any_image_is_decoded(tmp_path, no_decodi
     with pytest.raises(error, match=message):
         launch_train.run(_config(**changes), str(tmp_path / "run"))
 
+
+def test_on_error_skip_leaves_out_bad_records_and_counts_them(tmp_path):
+    import json
+
+    from data_pipeline.reader_common import DataFormatError
+    from launch import common
+
+    good = json.loads(open(small_demo.small_demo_config(images=False).data.train_file).read())
+    records = good[:30] + [{"image_id": "x.jpg", "aspects": []}] + good[30:]  # no "words": malformed
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(records, indent=1))
+    config = small_demo.small_demo_config(images=False)
+    config.data.train_file = str(path)
+    with pytest.raises(DataFormatError, match=rf"data.train_file \(split 'train'\): {path}:\d+"):
+        common.train_data(config)
+    config.data.on_error = "skip"
+    data = common.train_data(config)
+    assert data.data_counts["records_skipped"] == 1 and data.num_examples == len(good)
+    assert common.eval_splits(config, ["dev"])["dev"].data_counts["records_skipped"] == 0
