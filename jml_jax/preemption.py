@@ -31,8 +31,10 @@ the data is loaded, is the one the training loop asks).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pathlib
 import signal
 import threading
 
@@ -40,6 +42,11 @@ log = logging.getLogger(__name__)
 
 # EX_TEMPFAIL (sysexits.h): a temporary failure; the same command resumes.
 PREEMPTED_EXIT_CODE = 75
+# Written into the workdir (process 0) when a run stopped on a signal, removed
+# when the next run starts: a scheduler script can tell a preempted run from a
+# failed one even when it sees another exit status (srun reports 128+9 when it
+# kills the other tasks of a step after the first one exited with 75).
+MARKER_FILE = "preempted.json"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -54,10 +61,32 @@ class Preempted(Exception):
                          f"{workdir}; rerun the same command to resume")
 
 
-def _distributed() -> bool:
-    from jax._src import distributed
+def mark_preempted(workdir, step: int, signal_name: str | None) -> None:
+    """Waits until every process has saved (multi-process), then writes
+    ``<workdir>/preempted.json`` (process 0)."""
+    import jax
 
-    return distributed.global_state.client is not None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jml_preempted_{step}")  # nobody exits before all saved
+    if jax.process_index() == 0:
+        record = {"step": int(step), "signal": signal_name, "exit_status": PREEMPTED_EXIT_CODE}
+        (pathlib.Path(workdir) / MARKER_FILE).write_text(json.dumps(record) + "\n")
+
+
+def clear_preempted(workdir) -> None:
+    """Removes the marker of an earlier preempted process (process 0)."""
+    import jax
+
+    if jax.process_index() == 0:
+        (pathlib.Path(workdir) / MARKER_FILE).unlink(missing_ok=True)
+
+
+def _distributed() -> bool:
+    import jax
+
+    return jax.distributed.is_initialized()
 
 
 class PreemptionWatch:

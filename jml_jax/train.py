@@ -49,7 +49,7 @@ from jml_jax.checkpointing import Checkpointer
 from jml_jax.evaluate import EvalSplit, validate_eval_setup
 from jml_jax.experiment import build_experiment
 from jml_jax.mesh import describe_mesh
-from jml_jax.preemption import Preempted, PreemptionWatch
+from jml_jax.preemption import Preempted, PreemptionWatch, clear_preempted, mark_preempted
 from jml_jax.progress import Progress
 from jml_jax.sharding import global_batch_from_process_local
 from jml_jax.summary import MetricWriter
@@ -193,6 +193,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, train_data: TrainData,
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=select or "epoch", keep_best=0)
     empty_best = {"step": None, "value": -math.inf, "scores": {}}
     finite = make_finite_check(exp.mesh)
+    clear_preempted(workdir)
     _write_data_counts(workdir, train_data, eval_splits)
     # A latest step whose data files are damaged (unreadable, or NaN where
     # bytes were flipped) is set aside and the previous good step resumes.
@@ -274,6 +275,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, train_data: TrainData,
                 if ckpt.latest_step() != step:
                     save(step, state, force=True)
                 ckpt.wait()
+                mark_preempted(workdir, step, preemption.signal_name)
                 log.warning("%s: saved step %d of %d in %s; rerun the same command to resume",
                             preemption.signal_name or "preemption notice", step, schedule.total_steps,
                             workdir / "checkpoints")

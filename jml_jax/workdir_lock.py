@@ -107,7 +107,9 @@ class WorkdirLock:
 
     def __init__(self, workdir, *, heartbeat_seconds: float = HEARTBEAT_SECONDS,
                  stale_seconds: float = STALE_SECONDS, enabled: bool | None = None):
-        self.path = pathlib.Path(workdir).resolve() / LOCK_FILE
+        self._workdir = os.fspath(workdir)
+        self._remote = "://" in self._workdir  # gs://...: no O_EXCL there
+        self.path = (pathlib.Path(self._workdir) if self._remote else pathlib.Path(workdir).resolve()) / LOCK_FILE
         self.heartbeat_seconds = heartbeat_seconds
         self.stale_seconds = stale_seconds
         self._enabled = enabled
@@ -200,6 +202,14 @@ class WorkdirLock:
                 _HELD[key][1] += 1
                 return self
         import jax
+
+        if self._remote:
+            log.warning("%s is object storage: no workdir lock there (one run per workdir is up to you)",
+                        self._workdir)
+            self._owns_file = False
+            with _HELD_GUARD:
+                _HELD[key] = [self, 1]
+            return self
 
         enabled = jax.process_index() == 0 if self._enabled is None else self._enabled
         error = None

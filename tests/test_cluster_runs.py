@@ -9,6 +9,7 @@ tests/test_train_system.py (the same programs, compiled once per module).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -89,6 +90,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_bit_identical(
     assert f"{signal.Signals(signum).name}: saved step 3 of {TOTAL_STEPS}" in caplog.text
     assert signal.getsignal(signum) is previous  # the handlers are put back
     assert not (workdir / "lock.json").exists() and not (workdir / "summary.json").exists()
+    assert json.loads((workdir / "preempted.json").read_text())["step"] == 3  # for scheduler scripts
     with Checkpointer(workdir, create=False) as ckpt:
         assert ckpt.all_steps() == [2, 3]  # step 3, the one in flight, was saved: no step lost
     assert sorted(_losses(workdir)) == [1, 2, 3]
@@ -96,6 +98,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_bit_identical(
     assert meta["train_seconds"] == 500.0  # t0, step 2's save, step 3's save
 
     summary = train.train_and_evaluate(text_config, workdir, train_data, splits)
+    assert not (workdir / "preempted.json").exists()
     full, _ = _restore(text_config, full_dir)
     resumed, _ = _restore(text_config, workdir)
     assert int(resumed.step) == TOTAL_STEPS
