@@ -18,6 +18,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from data_pipeline.reader_common import ON_ERROR_CHOICES
+
 # Names the pipeline knows; each selects a reader/feature path and a TFDS
 # builder config (data_pipeline/builders/).
 DATASET_NAMES = ("sample", "twitter2015", "twitter2017", "trc")
@@ -44,6 +46,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Annotation format given to data_pipeline.readers.read_examples:
     # 'auto' detects it from the file.
     c.format = "auto"
+    # A malformed annotation record: 'raise' (stop, naming file:line) or
+    # 'skip' (leave it out with a warning naming file:line; counted per split
+    # as 'records_skipped' in the run's data_counts.json).
+    c.on_error = "raise"
     # Annotation files per split. For 'trc', train_file is the whole TRC set
     # and 'train'/'test' are the seeded 80/20 split below unless test_file is
     # given (then each split reads its own file).
@@ -116,6 +122,8 @@ def validate_data_config(c: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the field when a value is not allowed."""
     if c.name not in DATASET_NAMES:
         raise ValueError(f"data.name={c.name!r} is not one of {DATASET_NAMES}")
+    if c.get("on_error", "raise") not in ON_ERROR_CHOICES:
+        raise ValueError(f"data.on_error={c.on_error!r} is not one of {ON_ERROR_CHOICES}")
     if c.crop_mode not in CROP_MODES:
         raise ValueError(f"data.crop_mode={c.crop_mode!r} is not one of {CROP_MODES}")
     if c.image_output not in IMAGE_OUTPUTS:

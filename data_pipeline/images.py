@@ -25,7 +25,12 @@ A JPEG whose entropy-coded data is damaged (garbage bytes in the middle) is
 unreadable too: libjpeg decodes it with a warning ("Corrupt JPEG data ...")
 into a partly grey picture, and tf.image returns that without an error, so the
 decode pass watches for libjpeg's warnings (`_native_stderr`) and re-checks
-each JPEG alone when one appears.
+each JPEG alone when one appears. Garbage that libjpeg decodes without any
+warning (about a third of random 4-64-byte mid-scan garbage in a 224x224
+baseline JPEG, tried on this machine: the Huffman decoder resynchronises and
+reaches the end marker on time) cannot be told from a real picture by the
+decoder, and PIL, built on libjpeg too, reports even less; such a file still
+counts as decoded.
 
 A missing or unreadable image never stops a run: it is replaced by the
 configured fallback image (cropped with the failing id's own window, as the

@@ -39,6 +39,8 @@ class PreparedSplit:
       crop: 'fixed' | 'center' | 'random' | 'none' (how `images` are stored).
       crop_size: side of the crop taken at batch time in 'random' mode.
       source: 'memory' or 'tfds'.
+      records_skipped: malformed annotation records left out
+        (data.on_error='skip'); for TRC's seeded split, those of the whole file.
     """
 
     split: str
@@ -54,6 +56,7 @@ class PreparedSplit:
     crop: str = "none"
     crop_size: int = 224
     source: str = "memory"
+    records_skipped: int = 0
 
     @property
     def num_examples(self) -> int:
@@ -63,6 +66,8 @@ class PreparedSplit:
     def data_counts(self) -> dict:
         """What the data preparation replaced or cut, as plain ints (to save with a run).
 
+        records_skipped: malformed annotation records left out
+          (data.on_error='skip').
         image_fallbacks: distinct images replaced by the fallback (or zeros)
           because they were missing (images_missing) or unreadable
           (images_unreadable); examples_with_image_fallback: rows using one.
@@ -80,6 +85,7 @@ class PreparedSplit:
         counts = {
             "split": self.split,
             "examples": self.num_examples,
+            "records_skipped": self.records_skipped,
             "images_used": report is not None,
             "image_fallbacks": report.num_replaced if report else 0,
             "images_missing": len(report.missing_ids) if report else 0,
@@ -111,7 +117,8 @@ def _split_file(data_config, split: str) -> str:
 
 
 def _read(data_config, split: str, file_split: str):
-    """Examples of data.<file_split>_file; errors also name the field and split."""
+    """The `ReadResult` of data.<file_split>_file (malformed records raise or
+    are skipped by data.on_error); errors also name the field and split."""
     from data_pipeline import readers
 
     path = _split_file(data_config, file_split)
@@ -122,7 +129,7 @@ def _read(data_config, split: str, file_split: str):
         if fmt == "trc_csv" or (fmt == "auto" and readers.detect_format(path) == "trc_csv"):
             kwargs["full_text"] = bool(data_config.trc_full_text)
     try:
-        return list(readers.read_examples(path, format=fmt, **kwargs))
+        return readers.read_examples(path, format=fmt, on_error=data_config.get("on_error", "raise"), **kwargs)
     except readers.DataFormatError as e:
         raise readers.DataFormatError(f"data.{file_split}_file (split {split!r}): {e}") from None
 
@@ -133,30 +140,36 @@ def read_split_examples(data_config, split: str) -> list:
     TRC (§2.3): without data.test_file, 'train' and 'test' are the seeded
     80/20 split of data.train_file (readers.split_trc, sklearn's algorithm).
     """
+    return _read_split(data_config, split)[0]
+
+
+def _read_split(data_config, split: str) -> tuple[list, int]:
+    """(`read_split_examples`, the number of malformed records skipped)."""
     from data_pipeline import readers
 
     if data_config.name == "trc" and data_config.test_file is None:
         if split not in ("train", "test"):
             raise ValueError(f"TRC has splits 'train' and 'test' (seeded split of data.train_file), not {split!r}")
-        examples = _read(data_config, split, "train")
-        train, test = readers.split_trc(examples, data_config.trc_test_fraction, data_config.trc_split_seed)
-        return train if split == "train" else test
-    return _read(data_config, split, split)
+        result = _read(data_config, split, "train")
+        train, test = readers.split_trc(list(result), data_config.trc_test_fraction, data_config.trc_split_seed)
+        return (train if split == "train" else test), result.num_skipped
+    result = _read(data_config, split, split)
+    return list(result), result.num_skipped
 
 
 def text_features(data_config, split: str):
-    """(kind, arrays, kept examples, FeatureSet or None) for one split."""
+    """(kind, arrays, kept examples, FeatureSet or None, records skipped) for one split."""
     from data_pipeline import features as features_lib
     from data_pipeline import tokenizer as tokenizer_lib
 
     if data_config.vocab_file is None:
         raise ValueError("data.vocab_file is not set")
-    examples = read_split_examples(data_config, split)
+    examples, skipped = _read_split(data_config, split)
     tok = tokenizer_lib.load_tokenizer(data_config.vocab_file)
     if data_config.name == "trc":
         arrays = features_lib.convert_relation_examples(examples, tok, data_config.max_seq_length)
         kept = [examples[int(i)] for i in arrays["example_index"]]
-        return "relation", dict(arrays), kept, None
+        return "relation", dict(arrays), kept, None, skipped
     fc = features_lib.FeatureConfig(max_seq_length=data_config.max_seq_length, max_spans=data_config.max_spans)
     # Evaluation splits keep sentences whose gold aspects were all cut by the
     # truncation, so those aspects count as misses (recall is not inflated).
@@ -165,15 +178,16 @@ def text_features(data_config, split: str):
         where = "data.train_file" if data_config.name == "trc" else f"data.{split}_file"
         raise ValueError(f"split {split!r} ({where}={data_config[where[5:]]}) has no usable sentence: all "
                          f"{len(examples)} were dropped ({ {k: v for k, v in fs.stats.items() if v} })")
-    return "absa", dict(fs.arrays), list(fs.examples), fs
+    return "absa", dict(fs.arrays), list(fs.examples), fs, skipped
 
 
 def prepare_in_memory(data_config, split: str) -> PreparedSplit:
     """Reads, tokenizes and preprocesses the images of one split, no TFDS."""
     validate_data_config(data_config)
-    kind, arrays, kept, fs = text_features(data_config, split)
+    kind, arrays, kept, fs, skipped = text_features(data_config, split)
     ids = [e.image_id for e in kept]
-    prepared = PreparedSplit(split, kind, arrays, kept, fs, ids, image_ok=np.zeros(len(ids), np.int32))
+    prepared = PreparedSplit(split, kind, arrays, kept, fs, ids, image_ok=np.zeros(len(ids), np.int32),
+                             records_skipped=skipped)
     attach_images(data_config, prepared)
     return prepared
 

@@ -497,6 +497,11 @@ class Checkpointer:
             saved = self._manager.item_metadata(step)[STATE]
         except Exception as err:
             raise CheckpointError(step_dir, f"cannot read the checkpoint's metadata: {err}") from err
+        if not _flatten_saved(getattr(saved, "tree", saved)):
+            # Orbax answers None when state/_METADATA is gone or unreadable:
+            # damage, not a checkpoint of another model.
+            raise CheckpointError(step_dir, f"cannot read the checkpoint's array metadata ({STATE}/_METADATA "
+                                            "missing or damaged)")
         _check_structure(step_dir, target, saved)
         try:
             restored = self._manager.restore(
@@ -511,54 +516,101 @@ class Checkpointer:
         _check_fingerprint(step_dir, restored[STATE], meta.pop("fingerprint", None))
         return restored[STATE], meta
 
-    def restore_or_none(self, target: Any, *, check=None) -> tuple[Any, dict] | None:
+    def restore_or_none(self, target: Any, *, check=None,
+                        allow_fresh_start: bool = False) -> tuple[Any, dict] | None:
         """The latest usable checkpoint, or ``None`` for a fresh start.
 
         A fresh start is a work directory with no checkpoint at all, or with
         only the temporary folder of a first save that was cut short (a job
         killed during its first save can simply be requeued).
 
-        The newest complete step is restored first; when it cannot be read,
-        or ``check(state)`` is False (``check`` verifies, e.g., that every
-        value is finite: flipped bytes in a data file read back as NaN), it is
-        moved to ``<workdir>/damaged_checkpoints/`` and the previous complete
-        step is tried, with a warning naming what was wrong. A checkpoint that
-        does not fit ``target`` (another model or config) is an error at once.
+        The newest complete step is restored first; when it cannot be read
+        (any of its files missing or damaged), or ``check(state)`` is False
+        (``check`` verifies, e.g., that every value is finite: flipped bytes
+        in a data file read back as NaN), the previous complete step is tried.
+        Once one restores, the newer ones are moved to
+        ``<workdir>/damaged_checkpoints/`` with a warning naming what was
+        wrong. A step that does not fit ``target`` counts as damaged when an
+        older step does fit (a deleted ``_METADATA`` looks like another
+        model); when no step fits, it is another model or config:
+        `CheckpointStructureError`, and nothing is moved.
 
-        Raises `CheckpointError` when checkpoints exist but none is usable, so
-        a broken run is never silently restarted from scratch.
+        Raises `CheckpointError` when checkpoints exist but none is usable,
+        and on every later call while ``damaged_checkpoints/`` holds steps and
+        ``checkpoints/`` none, so a broken run is never silently restarted
+        from scratch; ``allow_fresh_start=True`` starts afresh then (that
+        folder and the old ``best/`` move to ``<workdir>/abandoned_run/``).
         """
         self.wait()
         complete, incomplete = self._scan()
         if not complete:
-            if incomplete and all(why.startswith("interrupted save") for why in incomplete.values()):
+            if incomplete and not all(why.startswith("interrupted save") for why in incomplete.values()):
+                return self.restore("latest", target)  # raises, naming the incomplete steps
+            self._check_fresh_start(allow_fresh_start)
+            if incomplete:
                 log.warning("%s holds only the temporary folder of an interrupted first save (%s): "
                             "starting afresh", self.directory, sorted(incomplete))
-                return None
-            if not incomplete:
-                return None
-            return self.restore("latest", target)  # raises, naming the incomplete steps
+            return None
         newer = {s: why for s, why in incomplete.items() if s > complete[-1]}
         if newer:
             log.warning("ignoring incomplete checkpoints newer than step %d in %s: %s",
                         complete[-1], self.directory, newer)
         problems: list[str] = []
+        failed: list[int] = []
+        structure: list[CheckpointStructureError] = []
         for step in reversed(complete):
             try:
                 state, meta = self.restore(step, target)
-            except CheckpointStructureError:
-                raise
+            except CheckpointStructureError as err:
+                structure.append(err)
+                problems.append(f"step {step}: does not fit the target state ({err.cause[:200]})")
             except CheckpointError as err:
                 problems.append(f"step {step}: {err.cause}")
             else:
                 if check is None or check(state):
-                    if problems:
+                    if failed:
+                        for bad in failed:
+                            self._set_aside(bad)
                         log.warning("resuming from step %d: newer checkpoints are damaged (%s); they were "
                                     "moved to %s", step, "; ".join(problems), self._damaged_dir())
                     return state, meta
                 problems.append(f"step {step}: the restored values are not finite (damaged data files)")
-            self._set_aside(step)
-        raise CheckpointError(self.directory, "no usable checkpoint: " + "; ".join(problems))
+            failed.append(step)
+        if len(structure) == len(complete):
+            raise structure[0]  # no step fits: another model or config; nothing is moved
+        for bad in failed:
+            self._set_aside(bad)
+        raise CheckpointError(self.directory, "no usable checkpoint: " + "; ".join(problems)
+                              + f" (moved to {self._damaged_dir()}; rerun with --allow_fresh_start to "
+                              "train from step 0)")
+
+    def _check_fresh_start(self, allow: bool) -> None:
+        """Refuses a fresh start while ``damaged_checkpoints/`` holds steps
+        (every checkpoint of the run was set aside), unless ``allow``: then
+        that folder and the old ``best/`` move to ``abandoned_run[.N]/``, so
+        the new run starts clean and later reruns resume it normally."""
+        damaged = self._damaged_dir()
+        if not damaged.is_dir() or not any(child.name[:1].isdigit() for child in damaged.iterdir()):
+            return
+        if not allow:
+            raise CheckpointError(
+                self.directory, f"every checkpoint of this run was set aside as damaged (in {damaged}); "
+                "refusing to train from step 0 beside its results. Rerun with --allow_fresh_start "
+                "(train_and_evaluate(allow_fresh_start=True)) to start afresh, or use another workdir")
+        parent = self.directory.parent
+        name, n = "abandoned_run", 1
+        while (parent / name).exists():
+            name, n = f"abandoned_run.{n}", n + 1
+        if jax.process_index() == 0:
+            damaged.rename(parent / name)
+            if (parent / BEST_DIR).is_dir():
+                (parent / BEST_DIR).rename(parent / name / BEST_DIR)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jml_fresh_start")
+        log.warning("starting afresh from step 0 as allowed: the damaged checkpoints and the old best model "
+                    "are in %s", parent / name)
 
     def _damaged_dir(self) -> epath.Path:
         return self.directory.parent / "damaged_checkpoints"

@@ -22,7 +22,10 @@ step 1 in jml_jax/experiment.py:
   5. resumable checkpoints of the whole state every ``checkpoint_every_steps``
      and at the end (asynchronous, keep-N, carrying the best and last scores);
      an evaluation that improves writes only the model (``<workdir>/best``, no
-     optimizer state), so evaluating often costs no full saves.
+     optimizer state), so evaluating often costs no full saves;
+  6. on a cluster: one live run per workdir (jml_jax/workdir_lock.py); on
+     SIGTERM/SIGINT the current step is saved and `Preempted` raised
+     (jml_jax/preemption.py), so the same command resumes with nothing lost.
 
 The loop takes any iterator of NumPy batches, so nothing here imports
 TensorFlow: `TrainData` and the eval splits are built by the launcher from
@@ -46,10 +49,12 @@ from jml_jax.checkpointing import Checkpointer
 from jml_jax.evaluate import EvalSplit, validate_eval_setup
 from jml_jax.experiment import build_experiment
 from jml_jax.mesh import describe_mesh
+from jml_jax.preemption import Preempted, PreemptionWatch, clear_preempted, mark_preempted
 from jml_jax.progress import Progress
 from jml_jax.sharding import global_batch_from_process_local
 from jml_jax.summary import MetricWriter
 from jml_jax.train_state import make_finite_check
+from jml_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +149,36 @@ def _select_key(config) -> str | None:
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainData,
-                       eval_splits: Mapping[str, EvalSplit], *, devices=None) -> dict:
+                       eval_splits: Mapping[str, EvalSplit], *, devices=None,
+                       allow_fresh_start: bool = False, preemption: PreemptionWatch | None = None) -> dict:
     """Trains, evaluates and checkpoints either stage; returns the run's summary.
 
     The summary (also ``workdir/summary.json``): ``task``, ``select``,
     ``best_step``/``best_value``/``best_scores`` (None / {} without a select
     split), ``final_step``/``final_scores`` (the last evaluation),
-    ``total_steps``, ``steps_per_epoch``, ``train_seconds`` and what the task
-    exported (the relation stage: ``relation_dir``, ``relation_best_dir``,
+    ``total_steps``, ``steps_per_epoch``, ``train_seconds`` (of every process
+    of a resumed run, up to each one's last save) and what the task exported
+    (the relation stage: ``relation_dir``, ``relation_best_dir``,
     ``use_images``). ``devices``: the devices of the mesh (default: all).
+    ``allow_fresh_start``: start from step 0 although every checkpoint of the
+    workdir was set aside as damaged (refused otherwise, on every rerun).
+    ``preemption``: a `PreemptionWatch` the caller entered already (default:
+    a new one for the run).
+
+    Raises `WorkdirLockedError` when another live run holds ``workdir``, and
+    `Preempted` after saving the current step on SIGTERM/SIGINT.
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    with WorkdirLock(workdir), (preemption or PreemptionWatch()) as preemption:
+        return _train_and_evaluate(config, workdir, train_data, eval_splits, devices=devices,
+                                   allow_fresh_start=allow_fresh_start, preemption=preemption)
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path, train_data: TrainData,
+                        eval_splits: Mapping[str, EvalSplit], *, devices, allow_fresh_start: bool,
+                        preemption: PreemptionWatch) -> dict:
+    """`train_and_evaluate` with the workdir locked and the signals watched."""
     schedule = Schedule.from_config(config, train_data.num_examples)
     exp = build_experiment(config, devices=devices, num_train_steps=schedule.t_total,
                            steps_per_epoch=schedule.steps_per_epoch)
@@ -170,15 +193,20 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=select or "epoch", keep_best=0)
     empty_best = {"step": None, "value": -math.inf, "scores": {}}
     finite = make_finite_check(exp.mesh)
+    clear_preempted(workdir)
     _write_data_counts(workdir, train_data, eval_splits)
     # A latest step whose data files are damaged (unreadable, or NaN where
     # bytes were flipped) is set aside and the previous good step resumes.
     restored = ckpt.restore_or_none(exp.abstract_state,
-                                    check=lambda st: bool(finite((st.params, st.batch_stats, st.opt_state))))
+                                    check=lambda st: bool(finite((st.params, st.batch_stats, st.opt_state))),
+                                    allow_fresh_start=allow_fresh_start)
+    # Training time of the earlier processes of this run, up to their last save.
+    earlier_seconds = 0.0
     if restored is not None:
         state, meta = restored
         best = meta.get("best", empty_best)
         last = meta.get("last", {"step": None, "scores": {}})
+        earlier_seconds = float(meta.get("train_seconds", 0.0))
         log.info("resumed from step %d in %s", int(state.step), workdir)
     else:
         state = exp.initial_state()
@@ -199,7 +227,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
 
     def save(step, state, **kwargs):
         check_finite(step, state)
-        ckpt.save(step, state, metadata={"best": best, "last": last}, **kwargs)
+        ckpt.save(step, state, metadata={"best": best, "last": last,
+                                         "train_seconds": earlier_seconds + time.time() - t0}, **kwargs)
 
     writer = MetricWriter(workdir)
     pending = _PendingMetrics()
@@ -241,6 +270,16 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
                 progress.note(_eval_line(step, schedule, scores, select, best))
             if step % config.checkpoint_every_steps == 0:
                 save(step, state)
+            if preemption.should_stop(step):  # every process stops at the same step
+                flush()
+                if ckpt.latest_step() != step:
+                    save(step, state, force=True)
+                ckpt.wait()
+                mark_preempted(workdir, step, preemption.signal_name)
+                log.warning("%s: saved step %d of %d in %s; rerun the same command to resume",
+                            preemption.signal_name or "preemption notice", step, schedule.total_steps,
+                            workdir / "checkpoints")
+                raise Preempted(step, preemption.signal_name, workdir)
         flush()
         if ckpt.latest_step() != int(state.step):
             save(int(state.step), state, force=True)
@@ -252,7 +291,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
         "best_value": best["value"] if best["step"] is not None else None, "best_scores": best["scores"],
         "final_step": int(state.step), "final_scores": last["scores"],
         "total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
-        "train_seconds": round(time.time() - t0, 1), **exported,
+        "train_seconds": round(earlier_seconds + time.time() - t0, 1), **exported,
         "data_counts": _data_counts(train_data, eval_splits),
     }
     if jax.process_index() == 0:
@@ -270,12 +309,13 @@ def _data_counts(train_data: TrainData, eval_splits: Mapping[str, EvalSplit]) ->
 
 def _write_data_counts(workdir: pathlib.Path, train_data, eval_splits) -> None:
     """``workdir/data_counts.json``: per split, what the data preparation
-    replaced (images) or cut (gold aspects past max_seq_length)."""
+    skipped (malformed records, data.on_error='skip'), replaced (images) or
+    cut (gold aspects past max_seq_length)."""
     counts = _data_counts(train_data, eval_splits)
     if counts and jax.process_index() == 0:
         (workdir / "data_counts.json").write_text(json.dumps(counts, indent=2) + "\n")
     for name, c in counts.items():
-        lost = {k: c[k] for k in ("image_fallbacks", "gold_aspects_truncated") if c.get(k)}
+        lost = {k: c[k] for k in ("records_skipped", "image_fallbacks", "gold_aspects_truncated") if c.get(k)}
         if lost:
             log.warning("%s split: %s (details in %s)", name, lost, workdir / "data_counts.json")
 

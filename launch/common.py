@@ -125,6 +125,61 @@ def resolve_config_paths(config) -> None:
         config.data.image_dir = None
 
 
+def split_file_field(data_config, split: str) -> str:
+    """The data field a split's annotations come from: ``<split>_file``, or
+    ``train_file`` for TRC's seeded train/test split (no data.test_file)."""
+    if data_config.name == "trc" and data_config.test_file is None and split in ("train", "test"):
+        return "train_file"
+    if f"{split}_file" not in data_config:
+        raise ValueError(f"unknown split {split!r} in config.eval_splits: expected 'train', 'dev' or 'test'")
+    return f"{split}_file"
+
+
+def check_inputs(config, splits=None) -> None:
+    """Every config error and missing input a run would hit, before any data
+    is read or image decoded (minutes on real data): the data fields, each
+    split's annotation file (the error names the field and the split), the
+    vocabulary, image folder and fallback, the pretrained weights, and what
+    `train_and_evaluate` checks at its start (schedule, mesh, model and
+    optimizer settings, select split and metric, batch sizes). ``splits``:
+    default train and ``config.eval_splits``."""
+    from types import SimpleNamespace
+
+    from data_pipeline.config import validate_data_config
+    from jml_jax.evaluate import validate_eval_setup
+    from jml_jax.experiment import build_experiment
+    from jml_jax.train import Schedule
+
+    data = config.data
+    validate_data_config(data)
+    splits = list(dict.fromkeys(splits or ("train", *config.eval_splits)))
+    for split in splits:
+        field = split_file_field(data, split)
+        path = data[field]
+        if path is None:
+            raise ValueError(f"data.{field} is not set, so split {split!r} cannot be loaded")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"data.{field}={path!r} (split {split!r}): no such file")
+    if data.vocab_file is None:
+        raise ValueError("data.vocab_file is not set")
+    weights.resolve_path(data.vocab_file, what="data.vocab_file")
+    if data.image_dir is not None and not os.path.isdir(data.image_dir):
+        raise FileNotFoundError(f"data.image_dir={data.image_dir!r}: no such folder")
+    fallback = data.fallback_image
+    if fallback is not None:
+        path = fallback if os.path.isabs(fallback) or data.image_dir is None else os.path.join(data.image_dir, fallback)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"data.fallback_image={fallback!r}: no such file ({path})")
+    for field in ("bert_init", "resnet_init", "relation_init", "original_checkpoint"):
+        if config.model.get(field):
+            weights.resolve_path(config.model[field], what=f"model.{field}")
+    Schedule.from_config(config, int(config.batch_size))  # optimizer.t_total, batch_size
+    exp = build_experiment(config, num_train_steps=1, steps_per_epoch=1)
+    # The splits are not read yet: their sizes are checked when they are.
+    unread = {name: SimpleNamespace(num_examples=1, source=None) for name in config.eval_splits}
+    validate_eval_setup(config, exp.task, unread, exp.mesh)
+
+
 def train_data(config) -> TrainData:
     from data_pipeline import pipeline
 

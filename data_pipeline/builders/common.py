@@ -80,6 +80,8 @@ def build_params(data_config) -> dict:
         "files_sha256": {s: sha256_file(c[f"{s}_file"]) for s in ("train", "dev", "test") if c[f"{s}_file"]},
         "images": has_images(c),
     }
+    if c.get("on_error", "raise") != "raise":  # absent for 'raise', so earlier builds stay valid
+        params["on_error"] = c.on_error
     if is_relation(c):
         params["trc_split"] = [float(c.trc_test_fraction), int(c.trc_split_seed)]
         params["trc_full_text"] = bool(c.trc_full_text)
@@ -216,7 +218,7 @@ def load_prepared(data_config, split: str):
     order = np.argsort(stored.pop("row"), kind="stable")
     stored = {k: v[order] for k, v in stored.items()}
 
-    kind, arrays, kept, fs = prepare.text_features(data_config, split)
+    kind, arrays, kept, fs, skipped = prepare.text_features(data_config, split)
     ids = [e.example_id for e in kept]
     if [b.decode() for b in stored["example_id"]] != ids:
         raise PreparedDataMismatchError(
@@ -230,6 +232,7 @@ def load_prepared(data_config, split: str):
     prepared = prepare.PreparedSplit(
         split, kind, {k: stored[k] for k in arrays}, kept, fs,
         [b.decode() for b in stored["image_id"]], image_ok=stored["image_ok"].astype(np.int32), source="tfds",
+        records_skipped=skipped,
     )
     if "image" in stored:
         from data_pipeline.images import ImageSettings
