@@ -5,7 +5,7 @@
 
 The input and output formats are documented in jml_jax/predict.py. ``--render``
 also draws one case-study PNG per input into DIR (image, sentence with the
-predicted aspects coloured by polarity, P(image adds); jml_jax/render.py), like
+predicted aspects coloured by polarity, P(image adds); tools/render.py), like
 the paper's Figure 3.
 """
 
@@ -44,7 +44,7 @@ def main(argv):
         n = sum(len(r["aspects"]) for r in records)
         print(f"wrote {len(records)} predictions ({n} aspects) to {_OUTPUT.value}")
         if _RENDER.value:
-            from jml_jax.render import render_case_studies
+            from tools.render import render_case_studies
 
             image_dir = _IMAGE_DIR.value or config.data.get("image_dir")
             paths = render_case_studies(records, _RENDER.value, image_dir=image_dir)

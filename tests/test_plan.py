@@ -1,4 +1,4 @@
-"""Compile-only planning (jml_jax/plan.py, launch/plan.py) on a TPU v5e 2x2 topology.
+"""Compile-only planning (tools/plan.py, launch/plan.py) on a TPU v5e 2x2 topology.
 
 Needs libtpu (requirements-plan.txt); without it every test here skips.
 """
@@ -22,8 +22,8 @@ pytest.importorskip(
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jml_jax import hlo_stats  # noqa: E402
-from jml_jax import plan as plan_lib  # noqa: E402
+from tools import hlo_stats  # noqa: E402
+from tools import plan as plan_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
