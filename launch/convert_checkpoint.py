@@ -40,7 +40,7 @@ import pathlib
 import sys
 from typing import Callable
 
-from launch.subcommands import run_subcommands
+from tools.subcommands import run_subcommands
 
 
 # ---------------------------------------------------------------------------- bert

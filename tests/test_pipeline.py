@@ -158,7 +158,9 @@ def test_float32_output_is_the_normalised_uint8():
 def test_batch_assembly_is_fast():
     crops = np.random.default_rng(0).integers(0, 256, (300, 224, 224, 3), dtype=np.uint8)
     split = synthetic_split(2000, images=crops)
-    result = pipeline.benchmark_train_iter(_cfg(prefetch=2), split, global_batch_size=32, num_batches=100)
+    from tools.benchmark_host import benchmark_train_iter
+
+    result = benchmark_train_iter(_cfg(prefetch=2), split, global_batch_size=32, num_batches=100)
     assert result["examples_per_s"] > 1000, result
 
 
