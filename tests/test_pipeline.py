@@ -13,7 +13,7 @@ from data_pipeline import images as im
 from data_pipeline import pipeline
 from data_pipeline.config import default_data_config
 from data_pipeline.readers import DataFormatError
-from tiny_dataset import CORRUPT, MISSING, data_config, write_tiny_dataset
+from helpers.tiny_dataset import CORRUPT, MISSING, data_config, write_tiny_dataset
 
 
 def synthetic_split(n, *, images=None, crop="fixed", num_images=5):
