@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jml_jax.axes import MESH_AXES
+from jml_jax.axes import DATA, FSDP, MESH_AXES
 from tools.hlo_stats import summarize_hlo, xla_cost
 
 # ---------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
     with config.unlocked():
         config.mesh_shape = sizes
     mesh_sizes = dict(zip(MESH_AXES, sizes))
-    shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
+    shards = mesh_sizes[DATA] * mesh_sizes[FSDP]
     global_batch, eval_batch = int(config.batch_size), int(config.eval_batch_size)
     accum = int(config.optimizer.grad_accum_steps)
     for what, b in (("batch_size", global_batch), ("eval_batch_size", eval_batch)):
