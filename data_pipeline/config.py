@@ -19,6 +19,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from data_pipeline.reader_common import ON_ERROR_CHOICES
+from jml_jax.facts import IMAGE_MEAN, IMAGE_STD
 
 # Names the pipeline knows; each selects a reader/feature path and a TFDS
 # builder config (data_pipeline/builders/).
@@ -27,8 +28,7 @@ CROP_MODES = ("fixed", "center", "random")
 IMAGE_OUTPUTS = ("uint8", "float32")
 
 # §1.4: the normalisation constants of the original code (not ImageNet's).
-JML_MEAN = (0.48, 0.498, 0.531)
-JML_STD = (0.214, 0.207, 0.207)
+JML_MEAN, JML_STD = IMAGE_MEAN, IMAGE_STD  # one owner: jml_jax/facts.py
 
 
 def default_data_config() -> ml_collections.ConfigDict:

@@ -204,11 +204,18 @@ def convert_examples(examples, tokenizer, config: FeatureConfig = FeatureConfig(
     return _convert(list(examples), tokenizer, config, with_gold=True, keep_all=keep_all)
 
 
-def convert_texts(texts, tokenizer, config: FeatureConfig = FeatureConfig()) -> FeatureSet:
+def convert_texts(texts, tokenizer, config: FeatureConfig = FeatureConfig(), ids=None) -> FeatureSet:
     """Prediction features of unannotated sentences: one row per word list, none
-    dropped; all targets and span slots are zero. Truncated rows are logged."""
-    examples = [Example(tuple(words), (), "", f"text:{i}") for i, words in enumerate(texts)]
+    dropped; all targets and span slots are zero. Truncated rows are logged by
+    their id: ``ids[i]`` (e.g. the input's 'file:line'), default 'text:<i>'."""
+    ids = [f"text:{i}" for i in range(len(texts))] if ids is None else list(ids)
+    examples = [Example(tuple(words), (), "", example_id) for words, example_id in zip(texts, ids, strict=True)]
     return _convert(examples, tokenizer, config, with_gold=False)
+
+
+def num_wordpieces(tokenizer, words) -> int:
+    """WordPieces of a sentence before truncation (each word tokenized alone, §1.3)."""
+    return sum(len(wordpiece_word_with_ids(tokenizer, w)[0]) for w in words)
 
 
 def convert_relation_examples(examples, tokenizer, max_seq_length: int = 96) -> dict:

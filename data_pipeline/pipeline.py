@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -289,31 +288,13 @@ def make_eval_iter(
     )
 
 
-# --------------------------------------------------------------------------- benchmark
-
-
-def benchmark_train_iter(data_config, split_data: PreparedSplit, *, global_batch_size: int = 32,
-                         num_batches: int = 300) -> dict[str, float]:
-    """Examples/s of batch assembly (one process), after one warm-up batch."""
-    it = make_train_iter(data_config, split_data, global_batch_size=global_batch_size,
-                         process_index=0, process_count=1, seed=0)
-    next(it)
-    start = time.perf_counter()
-    for _ in range(num_batches):
-        next(it)
-    seconds = time.perf_counter() - start
-    it.close()
-    return {"examples_per_s": num_batches * global_batch_size / seconds, "batches": num_batches,
-            "seconds": seconds, "global_batch_size": global_batch_size}
-
-
 def main(argv=None):
-    """`python -m data_pipeline.pipeline --build|--benchmark [options]`."""
+    """`python -m data_pipeline.pipeline --build [options]` (the iterator's
+    speed: `python -m launch.benchmark data`, tools/benchmark_host.py)."""
     from data_pipeline.config import default_data_config
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--build", action="store_true", help="build the TFDS data into --prepared_dir")
-    p.add_argument("--benchmark", action="store_true", help="examples/s of the train iterator")
     p.add_argument("--name", default="sample")
     p.add_argument("--train_file", default="data/sample/train.json")
     p.add_argument("--dev_file")
@@ -322,8 +303,6 @@ def main(argv=None):
     p.add_argument("--vocab_file", default="data/sample/vocab.txt")
     p.add_argument("--prepared_dir", help="TFDS data dir (built first when empty)")
     p.add_argument("--crop_mode", default="fixed")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--num_batches", type=int, default=300)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -331,16 +310,10 @@ def main(argv=None):
     cfg.name, cfg.crop_mode = args.name, args.crop_mode
     for key in ("train_file", "dev_file", "test_file", "image_dir", "vocab_file", "prepared_dir"):
         cfg[key] = getattr(args, key) or None  # '' switches a path off
-    if args.build or (args.benchmark and cfg.prepared_dir is not None):
+    if args.build:
         from data_pipeline import builders
 
         builders.build(cfg)  # reuses a matching build, refuses a mismatching one
-    if args.benchmark:
-        split = load_split(cfg, "train")
-        result = benchmark_train_iter(cfg, split, global_batch_size=args.batch_size, num_batches=args.num_batches)
-        images = "on" if split.images is not None else "off"
-        print(f"source={split.source} examples={split.num_examples} images={images} "
-              f"batch={args.batch_size}: {result['examples_per_s']:.0f} examples/s")
 
 
 if __name__ == "__main__":

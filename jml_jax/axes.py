@@ -24,6 +24,9 @@ DATA = "data"
 FSDP = "fsdp"
 TENSOR = "tensor"
 MESH_AXES = (DATA, FSDP, TENSOR)
+# The one axis of the relation cache's own mesh (jml_jax/relation_cache.py):
+# the rows of a batch of examples, over every device.
+ROWS = "rows"
 
 # Activation dimensions.
 BATCH = "batch"

@@ -55,6 +55,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jml_jax import model_factory, weights
+from jml_jax.axes import ROWS
 from jml_jax.checkpointing import fingerprint, fingerprint_mismatches
 from jml_jax.convert.common import unflatten_tree
 from jml_jax.models.jml import JMLConfig, normalize_images
@@ -230,8 +231,8 @@ class RelationCache:
         self.jml = jml
         model = model_factory.build_relation_model(jml)
         devices = jax.local_devices()
-        self._mesh = Mesh(np.array(devices), ("rows",))
-        rep, rows = NamedSharding(self._mesh, PartitionSpec()), NamedSharding(self._mesh, PartitionSpec("rows"))
+        self._mesh = Mesh(np.array(devices), (ROWS,))
+        rep, rows = NamedSharding(self._mesh, PartitionSpec()), NamedSharding(self._mesh, PartitionSpec(ROWS))
         self._variables = jax.device_put(_variables(variables["params"], variables.get("batch_stats")), rep)
 
         def forward(variables, input_ids, input_mask, image):

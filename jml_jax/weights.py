@@ -1,4 +1,4 @@
-"""Every pretrained weight the project reads or writes, in one place.
+"""Every pretrained weight the project reads, and the artifact format it writes.
 
 Saved artifacts. Each converted or exported set of weights is a folder::
 
@@ -7,7 +7,8 @@ Saved artifacts. Each converted or exported set of weights is a folder::
     <out>/vocab.txt       (BERT only, when the source had one)
 
 so a loader reads what the folder *is* instead of guessing from its layout:
-`launch.convert_checkpoint` writes the first, second and fourth kinds, the
+`launch.convert_checkpoint` writes the first, second and fourth kinds (through
+`jml_jax.convert.artifacts`, which converts; this module only reads), the
 relation stage (`jml_jax.tasks`) writes ``relation``. A config field
 (``model.bert_init``, ``model.resnet_init``, ``model.relation_init``,
 ``model.original_checkpoint``) may name such a folder, or a source file that
@@ -304,71 +305,3 @@ def placed_pieces(pieces: Mapping[str, np.ndarray], abstract_state) -> dict:
             raise ValueError(f"pretrained piece {key}: shape {value.shape} != model {target.shape}")
         out[collection][rest] = jax.device_put(np.asarray(value, target.dtype), target.sharding)
     return {c: unflatten_tree(v) for c, v in out.items() if v}
-
-
-# --------------------------------------------------------------------------- converters
-
-
-def convert_bert(src, out, *, bert=None, add_pooler: bool = True, prefix: str | None = None,
-                 overwrite: bool = False) -> dict:
-    """An HF BERT folder / .safetensors / .bin -> a 'bert' artifact, with the
-    source's vocab.txt beside it (what the configs' data.vocab_file reads).
-
-    Returns {'path', 'config' (BertConfig), 'params' (NumPy), 'vocab' (bool)}.
-    """
-    from jml_jax.convert.bert import load_bert_checkpoint
-
-    config, params = load_bert_checkpoint(src, bert, add_pooler=add_pooler, prefix=prefix)
-    src_dir = pathlib.Path(src) if pathlib.Path(src).is_dir() else pathlib.Path(src).parent
-    vocab = src_dir / "vocab.txt"
-    if not vocab.is_file():
-        log.warning("no vocab.txt beside %s: give the tokenizer's vocabulary as data.vocab_file", src)
-    path = save_artifact(out, "bert", {"params": params}, overwrite=overwrite,
-                         vocab_file=vocab if vocab.is_file() else None, bert_config=config.to_dict(),
-                         source=str(src))
-    return {"path": path, "config": config, "params": params, "vocab": vocab.is_file()}
-
-
-def convert_resnet(src, out, *, depth=None, blocks=None, kind: str = "auto", prefix: str = "",
-                   overwrite: bool = False) -> dict:
-    """A torchvision / timm / HF ResNet -> a 'resnet' artifact (no ``fc``: JML reads the grid).
-
-    Returns {'path', 'depth', 'blocks', 'width', 'num_params', 'variables'}.
-    """
-    from jml_jax.convert.resnet import load_resnet_checkpoint
-
-    module, variables = load_resnet_checkpoint(
-        src, depth, tuple(blocks) if blocks else None, kind=kind, prefix=prefix, include_fc=False)
-    blocks_out = list(module.blocks) if module.blocks else None
-    path = save_artifact(out, "resnet", variables, overwrite=overwrite, depth=module.depth,
-                         blocks=blocks_out, width=module.width, source=str(src))
-    num_params = sum(v.size for v in jax.tree.leaves(variables["params"]))
-    return {"path": path, "depth": module.depth, "blocks": module.blocks, "width": module.width,
-            "num_params": num_params, "variables": variables}
-
-
-def convert_original_checkpoint(src, out, config, *, overwrite: bool = False) -> dict:
-    """The authors' joint checkpoint -> a 'jml' artifact, or their relation
-    checkpoint (``model_rel``) -> a 'relation' artifact, strictly checked
-    against the model that ``config`` builds.
-
-    Returns {'kind', 'path', 'report' (ConversionReport), 'variables'}.
-    """
-    from jml_jax import model_factory
-    from jml_jax.convert import original
-
-    model = model_factory.build_model(config)
-    if not model.config.use_images:
-        raise ValueError("the config is text-only (model.use_images=False): the authors' checkpoints "
-                         "hold the image model; convert with an image config")
-    abstract = model_factory.abstract_variables(model, config)
-    state, kind = original.load_original_state(src)
-    if kind == "relation":
-        expected = {c: {"relation": abstract[c]["relation"]} for c in ("params", "batch_stats")}
-        variables, report = original.convert_original(state, model.config, expected, source=str(src))
-        variables = {c: variables[c]["relation"] for c in variables}
-    else:
-        variables, report = original.convert_original(state, model.config, abstract, source=str(src))
-    path = save_artifact(out, "relation" if kind == "relation" else "jml", variables,
-                         overwrite=overwrite, source=str(src))
-    return {"kind": kind, "path": path, "report": report, "variables": variables}

@@ -214,3 +214,20 @@ def eval_splits(config, names) -> dict[str, EvalSplit]:
                                  num_examples=split.num_examples, source=config.data.get(f"{name}_file"),
                                  data_counts=split.data_counts)
     return splits
+
+
+def predict_split(config, inputs, image_dir=None):
+    """``launch.predict``'s inputs (data_pipeline.predict_inputs.PredictInput) as
+    ``(inputs with .truncated set, the EvalSplit jml_jax.predict.predict decodes)``."""
+    from data_pipeline import pipeline, predict_inputs
+    from jml_jax.predict import prediction_split
+
+    inputs, prepared = predict_inputs.prepare_inputs(config, inputs, image_dir)
+
+    def make_iter():
+        return pipeline.make_eval_iter(
+            config.data, prepared, global_batch_size=config.eval_batch_size,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )
+
+    return inputs, prediction_split(prepared.features, make_iter)

@@ -40,7 +40,7 @@ import pathlib
 import sys
 from typing import Callable
 
-from launch.subcommands import run_subcommands
+from tools.subcommands import run_subcommands
 
 
 # ---------------------------------------------------------------------------- bert
@@ -62,7 +62,7 @@ def _bert_args(p: argparse.ArgumentParser) -> None:
 
 def _bert_run(args: argparse.Namespace) -> int:
     from jml_jax.models.bert import BERT_PRESETS, BertConfig, get_bert_config
-    from jml_jax.weights import convert_bert
+    from jml_jax.convert.artifacts import convert_bert
 
     config = None
     if args.config:
@@ -108,7 +108,7 @@ def _resnet_args(p: argparse.ArgumentParser) -> None:
 
 
 def _resnet_run(args: argparse.Namespace) -> int:
-    from jml_jax.weights import convert_resnet
+    from jml_jax.convert.artifacts import convert_resnet
 
     blocks = tuple(int(b) for b in args.blocks.split(",")) if args.blocks else None
     r = convert_resnet(args.src, args.out, depth=args.depth, blocks=blocks, kind=args.kind,
@@ -134,7 +134,7 @@ def _jml_args(p: argparse.ArgumentParser) -> None:
 
 
 def _jml_run(args: argparse.Namespace) -> int:
-    from jml_jax.weights import convert_original_checkpoint
+    from jml_jax.convert.artifacts import convert_original_checkpoint
     from launch.common import load_config
 
     config = load_config(args.config, args.overrides)

@@ -7,7 +7,7 @@ The first form compiles the config's train step and eval functions for the
 slice and prints (and writes) per-chip memory, FLOPs, collectives and a
 roofline step time; ``--steps=train`` compiles only the train step. The second
 renders the scale table from plans written by the first (without ``--rows``,
-it plans `jml_jax.plan.TABLE_ROWS` one after another first). Every time is a
+it plans `tools.plan.TABLE_ROWS` one after another first). Every time is a
 compile-time estimate, not a measurement.
 """
 
@@ -48,7 +48,7 @@ _CACHE = common.define_compilation_cache_flag()
 
 def main(argv):
     del argv
-    from jml_jax import plan as plan_lib
+    from tools import plan as plan_lib
 
     common.enable_compilation_cache(_CACHE.value)
     config = _CONFIG.value

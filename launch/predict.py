@@ -3,9 +3,10 @@
     python -m launch.predict --config=configs/demo.py --workdir=DIR \
         --input=IN.jsonl --output=OUT.jsonl [--image_dir=FOLDER] [--checkpoint=best] [--render=DIR]
 
-The input and output formats are documented in jml_jax/predict.py. ``--render``
+The input and output formats are documented in jml_jax/predict.py; the input
+is read and prepared by data_pipeline/predict_inputs.py. ``--render``
 also draws one case-study PNG per input into DIR (image, sentence with the
-predicted aspects coloured by polarity, P(image adds); jml_jax/render.py), like
+predicted aspects coloured by polarity, P(image adds); tools/render.py), like
 the paper's Figure 3.
 """
 
@@ -15,7 +16,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jml_jax.predict import predict, read_inputs, write_jsonl
+from data_pipeline.predict_inputs import read_inputs
+from jml_jax.predict import predict, write_jsonl
 from launch import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
@@ -38,13 +40,14 @@ def main(argv):
     common.resolve_config_paths(config)
     which = int(_CHECKPOINT.value) if _CHECKPOINT.value.isdigit() else _CHECKPOINT.value
     inputs = read_inputs(_INPUT.value)
-    records = predict(config, _WORKDIR.value, inputs, image_dir=_IMAGE_DIR.value, which=which)
+    inputs, split = common.predict_split(config, inputs, _IMAGE_DIR.value)
+    records = predict(config, _WORKDIR.value, inputs, split, which=which)
     if jax.process_index() == 0:
         write_jsonl(_OUTPUT.value, records)
         n = sum(len(r["aspects"]) for r in records)
         print(f"wrote {len(records)} predictions ({n} aspects) to {_OUTPUT.value}")
         if _RENDER.value:
-            from jml_jax.render import render_case_studies
+            from tools.render import render_case_studies
 
             image_dir = _IMAGE_DIR.value or config.data.get("image_dir")
             paths = render_case_studies(records, _RENDER.value, image_dir=image_dir)

@@ -96,3 +96,9 @@ def test_all_prints_a_markdown_table(tmp_path, capsys):
     assert lines[0].startswith("| benchmark |") and set(lines[1]) <= {"|", "-"}
     names = [l.split("|")[1].strip() for l in lines[2:]]
     assert names == ["JML train step", "JML eval step", "span decoding", "train iterator"]
+
+
+def test_benchmark_decode_runs():
+    from tools.benchmark_host import benchmark_decode
+
+    assert benchmark_decode(n=200, seed=1, batch_size=64) > 0

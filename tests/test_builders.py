@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import builders, pipeline
-from tiny_dataset import CORRUPT, MISSING, data_config, write_tiny_dataset
+from helpers.tiny_dataset import CORRUPT, MISSING, data_config, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-import toy_model
+from helpers import toy_model
 from jml_jax.checkpointing import (
     CheckpointError,
     CheckpointStructureError,

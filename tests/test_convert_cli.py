@@ -51,7 +51,7 @@ def fixture_model():
 
 def test_resnet_torchvision_checkpoint_to_orbax(tmp_path, capsys):
     torch = pytest.importorskip("torch")
-    from torch_resnet_reference import Bottleneck, TorchResNet, randomize_
+    from helpers.torch_resnet_reference import Bottleneck, TorchResNet, randomize_
 
     from jml_jax.convert.resnet import load_resnet_checkpoint
 
@@ -86,7 +86,7 @@ def test_resnet_torchvision_checkpoint_to_orbax(tmp_path, capsys):
 
 def test_resnet_existing_output_needs_overwrite(tmp_path):
     torch = pytest.importorskip("torch")
-    from torch_resnet_reference import BasicBlock, TorchResNet
+    from helpers.torch_resnet_reference import BasicBlock, TorchResNet
 
     src = tmp_path / "resnet18ish.pth"
     torch.save(TorchResNet(BasicBlock, [1, 1, 1, 1], width=4).state_dict(), src)

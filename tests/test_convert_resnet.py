@@ -47,13 +47,13 @@ def fixture_state(fixture_arrays):
 
 def _small_torch_resnet(num_classes=None, seed=11):
     pytest.importorskip("torch")
-    from torch_resnet_reference import Bottleneck, TorchResNet, randomize_
+    from helpers.torch_resnet_reference import Bottleneck, TorchResNet, randomize_
 
     return randomize_(TorchResNet(Bottleneck, (1, 2, 1, 1), width=8, num_classes=num_classes), seed)
 
 
 def _state(model):
-    from torch_resnet_reference import numpy_state
+    from helpers.torch_resnet_reference import numpy_state
 
     return numpy_state(model)
 
@@ -165,7 +165,7 @@ def test_hf_config_with_another_layout_is_refused():
 
 def test_hf_keys_map_like_torchvision_keys():
     transformers = pytest.importorskip("transformers")
-    from torch_resnet_reference import numpy_state
+    from helpers.torch_resnet_reference import numpy_state
 
     config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[32, 64, 128, 256],
                                        depths=[1, 2, 1, 1], num_labels=3)
@@ -221,7 +221,7 @@ def test_load_checkpoint_files_reproduce_pytorch(tmp_path, fmt):
     x = np.random.default_rng(3).standard_normal((2, 3, 64, 64), np.float32)
     if fmt == "hf_folder":
         transformers = pytest.importorskip("transformers")
-        from torch_resnet_reference import randomize_
+        from helpers.torch_resnet_reference import randomize_
 
         config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[32, 64, 128, 256],
                                            depths=[1, 2, 1, 1], num_labels=3)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jml_jax.decode import DecodeConfig, benchmark_decode, decode_spans, top_k_indexes
+from jml_jax.decode import DecodeConfig, decode_spans, top_k_indexes
 from jml_jax.text_projection import (
     basic_tokenize,
     get_final_text,
@@ -323,7 +323,3 @@ def test_project_span():
         project_span(tokens, t2w, words, 0, 1)
     with pytest.raises(ValueError, match="outside"):
         project_span(tokens, t2w, words, 3, 2)
-
-
-def test_benchmark_decode_runs():
-    assert benchmark_decode(n=200, seed=1, batch_size=64) > 0

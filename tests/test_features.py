@@ -196,7 +196,7 @@ def test_sample_vocab_covers_the_sample(bert_tokenizer):
 
 
 def test_sample_generator_is_reproducible(bert_vocab, tmp_path):
-    script = runpy.run_path(str(REPO_ROOT / "scripts" / "make_sample_data.py"))
+    script = runpy.run_path(str(REPO_ROOT / "tools" / "make_sample_data.py"))
     script["main"](["--out", str(tmp_path), "--vocab", str(bert_vocab)])
     for name in ("train.json", "dev.json", "test.json", "trc.json", "vocab.txt"):
         assert (tmp_path / name).read_bytes() == (SAMPLE_DIR / name).read_bytes(), name

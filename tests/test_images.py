@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from data_pipeline import images as im
-from tiny_dataset import CORRUPT, IMAGE_FILES, MISSING, write_images
+from helpers.tiny_dataset import CORRUPT, IMAGE_FILES, MISSING, write_images
 
 SOURCE_HW = (400, 600)  # the original's 600x400 (W x H) resize, §1.4
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-import small_demo
+from helpers import small_demo
 from data_pipeline import images
 from launch import train as launch_train
 

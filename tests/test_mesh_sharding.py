@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import toy_model
+from helpers import toy_model
 from jml_jax import axes
 from jml_jax.mesh import make_mesh, resolve_mesh_shape
 from jml_jax.sharding import (

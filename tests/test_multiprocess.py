@@ -1,6 +1,6 @@
 """Two CPU processes with jax.distributed train exactly like one process.
 
-Launches tests/multiprocess_worker.py twice on localhost (2 CPU devices each,
+Launches tests/helpers/multiprocess_worker.py twice on localhost (2 CPU devices each,
 a data=2 x fsdp=2 mesh across them), then repeats the same 3 steps on one device
 here and compares the losses and parameters; also restores the checkpoint the
 two processes wrote onto this process's single device.
@@ -11,8 +11,8 @@ import time
 import jax
 import numpy as np
 
-import localhost_processes
-import toy_model
+from helpers import localhost_processes
+from helpers import toy_model
 from jml_jax.checkpointing import Checkpointer
 from jml_jax.mesh import make_mesh
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local
@@ -20,7 +20,7 @@ from jml_jax.steps import make_train_step
 from jml_jax.train_state import abstract_sharded_state, create_sharded_state
 
 TIMEOUT_S = 120  # the workers together; the test fails, naming the timeout, past it
-WORKER = localhost_processes.REPO_ROOT / "tests" / "multiprocess_worker.py"
+WORKER = localhost_processes.REPO_ROOT / "tests" / "helpers" / "multiprocess_worker.py"
 
 
 def _launch(outdir, num_processes=2):

@@ -52,3 +52,30 @@ def test_text_only_training_path_without_tensorflow():
                           timeout=300, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK (4, 48)" in proc.stdout
+
+
+LIBRARY_SCRIPT = textwrap.dedent(
+    """
+    import importlib, pkgutil, sys
+    import jml_jax
+
+    names = sorted(m.name for m in pkgutil.walk_packages(jml_jax.__path__, "jml_jax."))
+    for name in names:
+        importlib.import_module(name)
+    loaded = sorted(m for m in sys.modules
+                    if m.split(".")[0] in ("tensorflow", "tensorflow_datasets", "data_pipeline", "launch", "tools"))
+    print("LOADED", loaded)
+    print("MODULES", len(names))
+    """
+)
+
+
+def test_importing_every_library_module_pulls_in_no_tensorflow_nor_data_pipeline():
+    """`import jml_jax...` of every module of the library, in a fresh
+    interpreter, loads neither TensorFlow nor data_pipeline (nor the entry
+    points or tools): the library is what a GPU machine without TensorFlow runs."""
+    proc = subprocess.run([sys.executable, "-c", LIBRARY_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "LOADED []" in proc.stdout, proc.stdout
+    assert int(proc.stdout.split("MODULES")[1].split()[0]) > 30

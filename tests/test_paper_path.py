@@ -116,7 +116,7 @@ def test_readme_documents_the_paper_path_in_order():
 
 def _write_torchvision_resnet(path: pathlib.Path) -> None:
     torch = pytest.importorskip("torch", reason="the ResNet stand-in is a PyTorch state dict (test requirements)")
-    from torch_resnet_reference import Bottleneck, TorchResNet, randomize_
+    from helpers.torch_resnet_reference import Bottleneck, TorchResNet, randomize_
 
     net = randomize_(TorchResNet(Bottleneck, list(RESNET_BLOCKS), width=RESNET_WIDTH, num_classes=1000), seed=0)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,9 @@ import pytest
 from data_pipeline import images as im
 from data_pipeline import pipeline
 from data_pipeline.config import default_data_config
+from jml_jax.facts import IMAGE_MEAN, IMAGE_STD
 from data_pipeline.readers import DataFormatError
-from tiny_dataset import CORRUPT, MISSING, data_config, write_tiny_dataset
+from helpers.tiny_dataset import CORRUPT, MISSING, data_config, write_tiny_dataset
 
 
 def synthetic_split(n, *, images=None, crop="fixed", num_images=5):
@@ -152,13 +153,15 @@ def test_float32_output_is_the_normalised_uint8():
     u8 = pipeline.make_train_iter(_cfg(prefetch=0), split, **kw).batch_at(0)
     f32 = pipeline.make_train_iter(_cfg(prefetch=0, image_output="float32"), split, **kw).batch_at(0)
     assert u8["image"].dtype == np.uint8 and f32["image"].dtype == np.float32
-    np.testing.assert_array_equal(f32["image"], im.normalize(u8["image"], (0.48, 0.498, 0.531), (0.214, 0.207, 0.207)))
+    np.testing.assert_array_equal(f32["image"], im.normalize(u8["image"], IMAGE_MEAN, IMAGE_STD))
 
 
 def test_batch_assembly_is_fast():
     crops = np.random.default_rng(0).integers(0, 256, (300, 224, 224, 3), dtype=np.uint8)
     split = synthetic_split(2000, images=crops)
-    result = pipeline.benchmark_train_iter(_cfg(prefetch=2), split, global_batch_size=32, num_batches=100)
+    from tools.benchmark_host import benchmark_train_iter
+
+    result = benchmark_train_iter(_cfg(prefetch=2), split, global_batch_size=32, num_batches=100)
     assert result["examples_per_s"] > 1000, result
 
 

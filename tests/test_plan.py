@@ -1,4 +1,4 @@
-"""Compile-only planning (jml_jax/plan.py, launch/plan.py) on a TPU v5e 2x2 topology.
+"""Compile-only planning (tools/plan.py, launch/plan.py) on a TPU v5e 2x2 topology.
 
 Needs libtpu (requirements-plan.txt); without it every test here skips.
 """
@@ -22,8 +22,8 @@ pytest.importorskip(
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jml_jax import hlo_stats  # noqa: E402
-from jml_jax import plan as plan_lib  # noqa: E402
+from tools import hlo_stats  # noqa: E402
+from tools import plan as plan_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,6 +120,37 @@ def test_clear_errors_before_compiling():
         plan_lib.chip_of("v9z:2x2")
     with pytest.raises(plan_lib.PlanError, match="must have 3 sizes"):
         plan_lib.parse_mesh("8,1")
+
+
+@pytest.mark.parametrize("topology, message", [
+    ("v5e:0x4", r"v5e:0x4.*every size must be at least 1"),
+    ("v5e:2x4x2", r"v5e:2x4x2.*v5e slices are two-dimensional.*3 dimensions"),
+    ("v5p:2x2", r"v5p:2x2.*v5p slices are three-dimensional.*2 dimensions"),
+])
+def test_a_wrong_topology_shape_is_named_as_such(topology, message):
+    """A shape the chip's slices cannot have is an error about the shape, not
+    advice to install libtpu (installed here) and not a plan of a slice that
+    does not exist (libtpu itself lays out 'v5e:2x4x2' as 16 chips)."""
+    for check in (plan_lib.chip_of, plan_lib.topology_devices):
+        with pytest.raises(plan_lib.PlanError, match=message) as err:
+            check(topology)
+        assert "install libtpu" not in str(err.value)
+
+
+def test_a_shape_libtpu_cannot_lay_out_does_not_advise_installing_it():
+    with pytest.raises(plan_lib.PlanError, match="v5e:3x5") as err:
+        plan_lib.topology_devices("v5e:3x5")
+    assert "install libtpu" not in str(err.value)
+
+
+def test_cli_names_a_wrong_topology_shape():
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.plan", "--config=configs/demo.py:text_only", "--topology=v5e:0x4",
+         "--steps=train", "--compilation_cache="],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "every size must be at least 1" in proc.stderr and "install libtpu" not in proc.stderr
 
 
 def test_cli_names_a_mesh_that_does_not_fit():

@@ -1,4 +1,5 @@
-"""launch/predict.py: raw sentences in, decoded aspects with polarity out.
+"""launch/predict.py: raw sentences in, decoded aspects with polarity out
+(input: data_pipeline/predict_inputs.py; restore and decode: jml_jax/predict.py).
 
 The end-to-end tests train configs/demo.py for two steps, then check that
 predicting the test split's sentences from raw words gives exactly what the
@@ -16,8 +17,9 @@ import sys
 import numpy as np
 import pytest
 
-from jml_jax import predict as predict_lib
 from conftest import REPO_ROOT
+from data_pipeline import predict_inputs
+from jml_jax import predict as predict_lib
 
 
 def _write(path, lines):
@@ -34,7 +36,7 @@ def test_read_inputs_accepts_text_and_words(tmp_path):
         "",
         '{"words": ["Barça", "lost"]}',
     ])
-    inputs = predict_lib.read_inputs(path)
+    inputs = predict_inputs.read_inputs(path)
     assert [i.words for i in inputs] == [("Great", "game", "by", "Messi"), ("Barça", "lost")]
     assert [i.image for i in inputs] == ["a.jpg", None]
     assert [i.record_id for i in inputs] == [7, None]
@@ -54,14 +56,14 @@ def test_read_inputs_accepts_text_and_words(tmp_path):
 ])
 def test_bad_input_line_is_named_by_file_and_line(tmp_path, bad, reason):
     path = _write(tmp_path / "in.jsonl", ['{"text": "fine"}', bad])
-    with pytest.raises(predict_lib.PredictInputError, match=reason) as err:
-        predict_lib.read_inputs(path)
+    with pytest.raises(predict_inputs.PredictInputError, match=reason) as err:
+        predict_inputs.read_inputs(path)
     assert str(err.value).startswith(f"{path}:2:")
 
 
 def test_empty_input_file_is_an_error(tmp_path):
-    with pytest.raises(predict_lib.PredictInputError, match="no input sentences"):
-        predict_lib.read_inputs(_write(tmp_path / "in.jsonl", ["", "  "]))
+    with pytest.raises(predict_inputs.PredictInputError, match="no input sentences"):
+        predict_inputs.read_inputs(_write(tmp_path / "in.jsonl", ["", "  "]))
 
 
 def _demo_config(variant=None):
@@ -74,19 +76,42 @@ def _demo_config(variant=None):
 
 
 def test_image_model_needs_an_image_on_every_line(tmp_path):
-    inputs = predict_lib.read_inputs(_write(tmp_path / "in.jsonl", [
+    from launch import common
+
+    inputs = predict_inputs.read_inputs(_write(tmp_path / "in.jsonl", [
         '{"text": "a b", "image": "train_000.jpg"}', '{"text": "c d"}',
     ]))
-    with pytest.raises(predict_lib.PredictInputError, match=f"{tmp_path / 'in.jsonl'}:2: no 'image'"):
-        predict_lib.build_split(_demo_config(), inputs)
+    with pytest.raises(predict_inputs.PredictInputError, match=f"{tmp_path / 'in.jsonl'}:2: no 'image'"):
+        common.predict_split(_demo_config(), inputs)
 
 
 def test_missing_image_file_is_named_by_line(tmp_path):
-    inputs = predict_lib.read_inputs(_write(tmp_path / "in.jsonl", [
+    from launch import common
+
+    inputs = predict_inputs.read_inputs(_write(tmp_path / "in.jsonl", [
         '{"text": "a b", "image": "train_000.jpg"}', '{"text": "c d", "image": "nope.jpg"}',
     ]))
-    with pytest.raises(predict_lib.PredictInputError, match=r"in\.jsonl:2: image 'nope.jpg' is missing"):
-        predict_lib.build_split(_demo_config(), inputs)
+    with pytest.raises(predict_inputs.PredictInputError, match=r"in\.jsonl:2: image 'nope.jpg' is missing"):
+        common.predict_split(_demo_config(), inputs)
+
+
+def test_a_truncated_text_is_flagged_and_logged_by_file_and_line(tmp_path, caplog):
+    """A text longer than data.max_seq_length - 2 WordPieces is cut: the log
+    names its input line (not 'text:1') and its record says so."""
+    config = _demo_config("text_only")
+    path = _write(tmp_path / "in.jsonl", [
+        '{"text": "Great game by Messi"}',
+        '{"text": "%s"}' % " ".join(["tonight"] * (config.data.max_seq_length + 5)),
+    ])
+    with caplog.at_level("WARNING"):
+        inputs, prepared = predict_inputs.prepare_inputs(config, predict_inputs.read_inputs(path))
+    assert [inp.truncated for inp in inputs] == [False, True]
+    assert f"{path}:2: " in caplog.text and "text:1" not in caplog.text
+    pred = {k: np.zeros((2, 1), np.int32) for k in ("span_mask", "span_starts", "span_ends", "polarity")}
+    pred["texts"] = [[], []]
+    split = predict_lib.prediction_split(prepared.features, make_iter=None)
+    records = predict_lib.format_predictions(inputs, split, pred)
+    assert [r["truncated"] for r in records] == [False, True]
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -128,10 +153,10 @@ def test_prediction_from_raw_words_equals_evaluation(trained):
     expected = evaluator.predict_split(state, test)
     examples = test.features.examples
     inputs = [
-        predict_lib.PredictInput(tuple(ex.words), ex.image_id, ex.example_id, f"test:{i}")
+        predict_inputs.PredictInput(tuple(ex.words), ex.image_id, ex.example_id, f"test:{i}")
         for i, ex in enumerate(examples)
     ]
-    split = predict_lib.build_split(config, inputs)
+    inputs, split = common.predict_split(config, inputs)
     got = evaluator.predict_split(state, exp.task.prepare_inputs(exp, None, {"predict": split})[1]["predict"])
     for key in ("span_starts", "span_ends", "span_mask", "polarity"):
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
@@ -154,6 +179,7 @@ def test_prediction_from_raw_words_equals_evaluation(trained):
             assert abs(sum(a["polarity_probs"].values()) - 1.0) < 1e-5
             np.testing.assert_allclose(a["span_score"], got["span_scores"][r, j])
         assert ("p_image_adds" in record) == config.model.use_images
+        assert record["truncated"] is False
 
 
 @pytest.mark.slow

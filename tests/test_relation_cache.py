@@ -27,7 +27,7 @@ from jml_jax.experiment import build_experiment
 from jml_jax.tasks import JointTask
 from jml_jax.train import TrainData, train_and_evaluate
 from launch import common
-from small_demo import small_demo_config
+from helpers.small_demo import small_demo_config
 
 # float32 on the CPU; the two paths run the same arithmetic, compiled in
 # different programs (XLA may fuse and order reductions differently).

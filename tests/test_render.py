@@ -1,4 +1,4 @@
-"""jml_jax/render.py: case-study PNGs of prediction records (launch.predict --render)."""
+"""tools/render.py: case-study PNGs of prediction records (launch.predict --render)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jml_jax import render
+from tools import render
 
 REPO_ROOT = render.pathlib.Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_resolve_image(tmp_path):
 
 
 def test_import_jml_jax_does_not_load_pil():
-    code = "import sys, jml_jax, jml_jax.render; assert 'PIL' not in sys.modules, 'PIL imported'"
+    code = "import sys, jml_jax, tools.render; assert 'PIL' not in sys.modules, 'PIL imported'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

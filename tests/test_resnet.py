@@ -20,7 +20,7 @@ from jml_jax.convert.resnet import (  # noqa: E402
     torchvision_state_to_flat,
 )
 from jml_jax.models.resnet import RESNET_BLOCKS, ResNet, TorchBatchNorm, max_pool_3x3_s2  # noqa: E402
-from torch_resnet_reference import (  # noqa: E402
+from helpers.torch_resnet_reference import (  # noqa: E402
     BasicBlock,
     Bottleneck,
     TorchResNet,

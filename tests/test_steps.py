@@ -7,7 +7,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-import toy_model
+from helpers import toy_model
 from jml_jax import losses
 from jml_jax.mesh import make_mesh
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local

@@ -1,6 +1,6 @@
 """Two CPU processes train the JML demo exactly like one process.
 
-Launches tests/train_worker.py twice on localhost (2 CPU devices each, a
+Launches tests/helpers/train_worker.py twice on localhost (2 CPU devices each, a
 (1, 2, 2) mesh across the 4), each training the text-only demo config with its
 own share of every batch. Meanwhile this process runs the same config on the
 same mesh shape over 4 of its own devices. Losses per step and final
@@ -18,8 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-import localhost_processes
-import train_worker
+from helpers import localhost_processes
+from helpers import train_worker
 from jml_jax import train
 from jml_jax.experiment import build_experiment
 from jml_jax.checkpointing import Checkpointer
@@ -27,7 +27,7 @@ from jml_jax.summary import read_jsonl
 from launch import common
 
 TIMEOUT_S = 420  # both workers together; the test fails, naming the timeout, past it
-WORKER = localhost_processes.REPO_ROOT / "tests" / "train_worker.py"
+WORKER = localhost_processes.REPO_ROOT / "tests" / "helpers" / "train_worker.py"
 SELECT = "dev/joint_orig/f1"
 
 

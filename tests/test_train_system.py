@@ -32,7 +32,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import PartitionSpec
 
-import small_demo
+from helpers import small_demo
 from jml_jax import train
 from jml_jax.evaluate import evaluate_checkpoint, sweep_thresholds
 from jml_jax.experiment import build_experiment

@@ -19,7 +19,7 @@ from jml_jax import model_factory
 from jml_jax.models.bert import BertConfig
 from jml_jax.models.jml import normalize_images
 from jml_jax.models.relation import RelationModule, batch_max_positions
-from tiny_dataset import data_config, write_tiny_dataset
+from helpers.tiny_dataset import data_config, write_tiny_dataset
 
 L, GROUP = 16, 4
 LENGTHS = np.array([5, 9, 3, 7, 4, 6, 2, 6])  # groups' longest: 9 and 6

@@ -58,7 +58,7 @@ def test_a_second_run_is_refused_naming_the_holders_host_and_pid(tmp_path, holde
 
 
 def test_launch_train_refuses_a_locked_workdir_before_reading_data(tmp_path, holder, monkeypatch):
-    import small_demo
+    from helpers import small_demo
     from launch import common
     from launch import train as launch_train
 

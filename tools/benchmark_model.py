@@ -336,7 +336,7 @@ def bench_torch_model(spec: ModelSpec) -> dict[str, Any]:
     set_torch_matmul_precision(spec.matmul_precision)
 
     from jml_jax.models.bert import get_bert_config
-    from jml_jax.models.jml import IMAGE_MEAN, IMAGE_STD
+    from jml_jax.facts import IMAGE_MEAN, IMAGE_STD
     from jml_jax.models.resnet import RESNET_BLOCKS, is_bottleneck
     from tools import torch_jml
 

@@ -50,7 +50,10 @@ for devices outside that table, such as CPUs). Peak memory: the device's peak_by
 (torch.cuda.max_memory_allocated for torch), the process's max RSS on CPU.
 
 Each benchmark is one subcommand: an entry of SUBCOMMANDS mapping its name to
-(add_arguments, run).
+(add_arguments, run). The measured code sits beside this file:
+tools/benchmark_model.py (model steps) and tools/benchmark_host.py (decoding,
+the training iterator); tools/benchmark_accumulation.py and
+tools/benchmark_eval.py are scripts of their own (``python -m tools.<name>``).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from launch.subcommands import run_subcommands
+from tools.subcommands import run_subcommands
 
 
 def _batch(vocab_size: int, batch: int, length: int, seed: int = 0):
@@ -414,8 +417,8 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
 
 
 def decode_benchmark(sentences: int = 20_000, batch: int = 256) -> dict[str, Any]:
-    """Host span decoding (jml_jax.decode.benchmark_decode): sentences per CPU-second."""
-    from jml_jax.decode import benchmark_decode
+    """Host span decoding (tools.benchmark_host.benchmark_decode): sentences per CPU-second."""
+    from tools.benchmark_host import benchmark_decode
 
     rate = benchmark_decode(n=sentences, batch_size=batch)
     return {"benchmark": "decode", "sentences": sentences, "batch": batch, "sentences_per_s": rate}
@@ -444,11 +447,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def data_benchmark(prepared_dir: str | None = None, batch: int = 32, batches: int = 300,
                    crop_mode: str = "fixed") -> dict[str, Any]:
     """Training iterator examples/s on the bundled sample, images on, read from
-    its TFDS build (data_pipeline.pipeline.benchmark_train_iter)."""
+    its TFDS build (tools.benchmark_host.benchmark_train_iter)."""
     import tempfile
 
     from configs import demo
     from data_pipeline import builders, pipeline
+    from tools.benchmark_host import benchmark_train_iter
 
     cfg = demo.get_config().data
     cfg.crop_mode = crop_mode
@@ -459,7 +463,7 @@ def data_benchmark(prepared_dir: str | None = None, batch: int = 32, batches: in
             builders.build(cfg)  # reuses a matching build
         build_s = time.perf_counter() - t0
         split = pipeline.load_split(cfg, "train")
-        r = pipeline.benchmark_train_iter(cfg, split, global_batch_size=batch, num_batches=batches)
+        r = benchmark_train_iter(cfg, split, global_batch_size=batch, num_batches=batches)
     return {"benchmark": "data", "source": split.source, "examples": split.num_examples,
             "images": split.images is not None, "crop_mode": crop_mode, "build_s": build_s, **r}
 

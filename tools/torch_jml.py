@@ -25,6 +25,8 @@ import transformers
 from torch import nn
 from torch.nn import functional as F
 
+from jml_jax.facts import IMAGE_REGIONS, MASK_VALUE
+
 
 class MultiHeadAttention(nn.Module):
     """§2.1: heads as wide as the model, no biases, 1/sqrt(D) scaling, no mask,
@@ -221,7 +223,7 @@ class TorchJML(nn.Module):
                 p = torch.softmax(self.relation(ids, mask, images).float(), dim=-1)[..., 1]
             image = image * p[:, 1, None, None].to(image.dtype)
         else:
-            image = torch.zeros(b, 49, d, device=ids.device)
+            image = torch.zeros(b, IMAGE_REGIONS, d, device=ids.device)
         text = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
         cross = self.imgLa2text(text, image.to(text.dtype))
         seq = self.dropout(self.align_imgLA_and_text(torch.cat([text, cross], dim=-1)))
@@ -240,7 +242,7 @@ class TorchJML(nn.Module):
         index = (offsets[:, None, None] + starts[..., None] + steps).clamp(max=packed.shape[0] - 1)
         spans = packed[index]  # [B, M, JR, D]
         scores = self.unary_affine(spans).squeeze(-1).float()
-        scores = scores + (steps >= widths[..., None]).float() * -10000.0
+        scores = scores + (steps >= widths[..., None]).float() * MASK_VALUE
         weights = torch.softmax(scores, dim=-1).to(spans.dtype)
         pooled = (weights[..., None] * spans).sum(2)
         u = self.dropout(torch.tanh(self.dense(pooled)))

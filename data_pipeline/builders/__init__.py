@@ -12,11 +12,8 @@ JPEGs; its vocab, sequence length and image settings are checked on load.
 
 from data_pipeline.builders.common import (  # noqa: F401
     PreparedDataMismatchError,
-    build,
     build_params,
     builder_config_name,
     configured_splits,
-    is_built,
-    load_prepared,
-    make_builder,
 )
+from data_pipeline.builders.store import build, is_built, load_prepared, make_builder  # noqa: F401

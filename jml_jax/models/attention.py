@@ -23,10 +23,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jml_jax.axes import EMBED, HEADS, KV
+from jml_jax.facts import MASK_VALUE  # the original's additive mask value, as BERT's (§11)
 from jml_jax.models import layers
-
-# The original's additive mask value (BERT's extended mask uses the same).
-MASK_VALUE = -10000.0
 
 
 class CrossModalAttention(nn.Module):
@@ -59,7 +58,7 @@ class CrossModalAttention(nn.Module):
         width = query.shape[-1]
         head_dim = self.head_dim or width
         proj = lambda name: layers.dense_general(  # noqa: E731
-            (self.num_heads, head_dim), ("embed", "heads", "kv"), name, self.dtype
+            (self.num_heads, head_dim), (EMBED, HEADS, KV), name, self.dtype
         )
         q = proj("w_qs")(query)  # [B, Lq, heads, dk]
         k = proj("w_ks")(key_value)  # [B, Lk, heads, dk]
@@ -72,7 +71,7 @@ class CrossModalAttention(nn.Module):
         dropped = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
         context = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(self.dtype), v)
         out = layers.dense_general(
-            width, ("heads", "kv", "embed"), "fc", self.dtype, axis=(-2, -1)
+            width, (HEADS, KV, EMBED), "fc", self.dtype, axis=(-2, -1)
         )(context)
         out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
         # torch nn.LayerNorm default eps (§2.1), in float32.

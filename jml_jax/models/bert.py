@@ -53,6 +53,7 @@ import flax.linen as nn
 
 # Logical axis names (jml_jax/axes.py), mapped to mesh axes by the sharding rules.
 from jml_jax.axes import BATCH, EMBED, HEADS, LENGTH, MLP, NORM, VOCAB
+from jml_jax.facts import MASK_VALUE
 from jml_jax.sharding import constrain
 
 # Activation layouts, pinned while a step is traced with rules
@@ -61,9 +62,9 @@ from jml_jax.sharding import constrain
 # ``tensor``, as the kernels they come from (Megatron-style).
 HIDDEN = (BATCH, LENGTH, EMBED)
 
-# The original extended attention mask value (§11); transformers uses finfo.min.
-# Both give exp(.) == 0 in float32, so outputs agree at every position.
-MASK_VALUE = -10000.0
+# MASK_VALUE (jml_jax/facts.py) is the original extended attention mask value
+# (§11); transformers uses finfo.min. Both give exp(.) == 0 in float32, so
+# outputs agree at every position.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jml_jax.axes import EMBED, MLP
 from jml_jax.models import layers, spans
 from jml_jax.models.attention import CrossModalAttention
 
@@ -45,11 +46,11 @@ class MateHead(nn.Module):
             self.num_heads, None, self.dropout_rate, self.dtype, name="imgLa2text"
         )(text, image, deterministic=deterministic)
         self.sow("intermediates", "imgLa2text_out", cross)
-        fused = layers.dense(width, ("mlp", "embed"), "align_imgLA_and_text", self.dtype)(
+        fused = layers.dense(width, (MLP, EMBED), "align_imgLA_and_text", self.dtype)(
             jnp.concatenate([text.astype(self.dtype), cross], axis=-1)
         )
         fused = nn.Dropout(self.dropout_rate)(fused, deterministic=deterministic)
-        logits = layers.dense(2, ("embed", None), "binary_affine", self.dtype)(fused)
+        logits = layers.dense(2, (EMBED, None), "binary_affine", self.dtype)(fused)
         logits = logits.astype(jnp.float32)
         return logits[..., 0], logits[..., 1], fused
 
@@ -80,7 +81,7 @@ class MascHead(nn.Module):
           logits [B, M, num_polarities] in float32.
         """
         width = sequence.shape[-1]
-        scores = layers.dense(1, ("embed", None), "unary_affine", self.dtype)(sequence)[..., 0]
+        scores = layers.dense(1, (EMBED, None), "unary_affine", self.dtype)(sequence)[..., 0]
         weights = spans.span_pool_weights(
             scores, input_mask, span_starts, span_ends, packing=self.packing, groups=groups
         )
@@ -88,17 +89,17 @@ class MascHead(nn.Module):
             sequence.astype(self.dtype), weights, packing=self.packing, groups=groups
         )
         self.sow("intermediates", "dense_in", pooled)
-        u = jnp.tanh(layers.dense(width, ("embed", "mlp"), "dense", self.dtype)(pooled))
+        u = jnp.tanh(layers.dense(width, (EMBED, MLP), "dense", self.dtype)(pooled))
         u = nn.Dropout(self.dropout_rate)(u, deterministic=deterministic)
         z, _ = CrossModalAttention(
             self.num_heads, None, self.dropout_rate, self.dtype, name="res2span"
         )(u, image, deterministic=deterministic)
         self.sow("intermediates", "res2span_out", z)
-        f = layers.dense(2 * width, ("embed", "mlp"), "align_all_1", self.dtype)(
+        f = layers.dense(2 * width, (EMBED, MLP), "align_all_1", self.dtype)(
             jnp.concatenate([u, z], axis=-1)
         )
         f = nn.Dropout(self.dropout_rate)(f, deterministic=deterministic)
-        f = layers.dense(width, ("mlp", "embed"), "align_all_2", self.dtype)(f)
+        f = layers.dense(width, (MLP, EMBED), "align_all_2", self.dtype)(f)
         self.sow("intermediates", "classifier_in", f)
-        logits = layers.dense(self.num_polarities, ("embed", None), "classifier", self.dtype)(f)
+        logits = layers.dense(self.num_polarities, (EMBED, None), "classifier", self.dtype)(f)
         return logits.astype(jnp.float32)

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jml_jax.axes import EMBED, IMG_EMBED
+from jml_jax.facts import GRID_CHANNELS, IMAGE_MEAN, IMAGE_REGIONS, IMAGE_STD  # noqa: F401 (re-exported)
 from jml_jax.models import layers
 from jml_jax.models.bert import BertConfig, BertModel
 from jml_jax.models.heads import MascHead, MateHead
@@ -36,11 +38,6 @@ from jml_jax.models.relation import GATES, RelationModule, gate_value, relation_
 from jml_jax.models.resnet import ResNet
 from jml_jax.models.spans import PACKINGS
 
-# §1.4: the original's normalisation constants (not ImageNet's).
-IMAGE_MEAN = (0.48, 0.498, 0.531)
-IMAGE_STD = (0.214, 0.207, 0.207)
-IMAGE_REGIONS = 49
-GRID_CHANNELS = 2048
 RELATION_INPUTS = ("module", "batch")
 
 
@@ -180,7 +177,7 @@ class JMLModel(nn.Module):
                 dtype=dt,
                 remat=c.remat,
             )
-        self.align_res = layers.dense(c.bert.hidden_size, ("img_embed", "embed"), "align_res", dt)
+        self.align_res = layers.dense(c.bert.hidden_size, (IMG_EMBED, EMBED), "align_res", dt)
         self.mate = MateHead(c.num_heads, c.dropout_rate, dt)
         self.masc = MascHead(c.num_heads, c.num_polarities, c.dropout_rate, c.span_packing, dt)
 

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jml_jax.axes import NORM
+
 INIT_STD = 0.02
 
 
@@ -61,7 +63,7 @@ def layer_norm(epsilon: float, name: str) -> nn.LayerNorm:
         epsilon=epsilon,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (NORM,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (NORM,)),
         name=name,
     )

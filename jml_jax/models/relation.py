@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jml_jax.axes import EMBED, IMG_EMBED, MLP
+from jml_jax.facts import GRID_CHANNELS, IMAGE_REGIONS
 from jml_jax.models import layers
 from jml_jax.models.attention import CrossModalAttention
 from jml_jax.models.bert import BertConfig, BertModel
@@ -115,8 +117,8 @@ class RelationModule(nn.Module):
                 name="pre_resnet",
             )(images, train=train)
             self.sow("intermediates", "rel_resnet_grid", grid)
-        image = layers.dense(width, ("img_embed", "embed"), "aling_img_1", self.dtype)(
-            grid if grid is not None else jnp.zeros(input_ids.shape[:1] + (49, 2048), self.dtype)
+        image = layers.dense(width, (IMG_EMBED, EMBED), "aling_img_1", self.dtype)(
+            grid if grid is not None else jnp.zeros(input_ids.shape[:1] + (IMAGE_REGIONS, GRID_CHANNELS), self.dtype)
         )
         key_mask = input_mask if self.mask_text else None
         if key_mask is None and self.pad_group:
@@ -134,9 +136,9 @@ class RelationModule(nn.Module):
             [masked_mean(a1), masked_mean(a2, key_mask), masked_mean(a3, key_mask), masked_mean(a4)],
             axis=-1,
         )
-        hidden = layers.dense(width, ("mlp", "embed"), "aaali", self.dtype)(jnp.tanh(pooled))
+        hidden = layers.dense(width, (MLP, EMBED), "aaali", self.dtype)(jnp.tanh(pooled))
         self.sow("intermediates", "rel_aaali_out", hidden)
-        logits = layers.dense(4, ("embed", None), "pair_preject", self.dtype)(hidden)
+        logits = layers.dense(4, (EMBED, None), "pair_preject", self.dtype)(hidden)
         return logits.astype(jnp.float32).reshape(-1, 2, 2)
 
 

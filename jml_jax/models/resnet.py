@@ -51,6 +51,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jml_jax.axes import CONV_H, CONV_IN, CONV_OUT, CONV_W, IMG_EMBED, NORM
+
+
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     """torch's ``MaxPool2d(3, stride=2, padding=1)`` on NHWC, built from slices.
 
@@ -94,11 +97,11 @@ RESNET_BLOCKS: dict[int, tuple[int, int, int, int]] = {
 # Bottleneck (1x1, 3x3, 1x1, expansion 4).
 BASIC_DEPTHS = frozenset({18, 34})
 
-CONV_AXES = ("conv_h", "conv_w", "conv_in", "conv_out")
-NORM_AXES = ("norm",)
+CONV_AXES = (CONV_H, CONV_W, CONV_IN, CONV_OUT)
+NORM_AXES = (NORM,)
 # The fc input is the image feature width (jml_jax/axes.py IMG_EMBED); the
 # class dimension is small and left unnamed (replicated).
-FC_AXES = ("img_embed", None)
+FC_AXES = (IMG_EMBED, None)
 
 # torchvision initialises conv kernels with kaiming_normal(fan_out, relu).
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

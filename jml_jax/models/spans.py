@@ -29,7 +29,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-MASK_VALUE = -10000.0
+from jml_jax.facts import MASK_VALUE
+
 PACKINGS = ("batch", "row")
 
 

@@ -29,7 +29,7 @@ STEPS = 2
 
 def worker_config():
     """The text-only demo config of the training-system tests, on MESH_SHAPE."""
-    from small_demo import small_demo_config
+    from helpers.small_demo import small_demo_config
 
     c = small_demo_config(images=False)
     c.mesh_shape = MESH_SHAPE
@@ -60,7 +60,7 @@ def run_steps(config, num_steps: int, devices=None):
 def main(mode: str, process_id: int, num_processes: int, port: int, workdir: str) -> None:
     import jax
 
-    import localhost_processes
+    from helpers import localhost_processes
 
     localhost_processes.initialize(process_id, num_processes, port)
     from jml_jax.train import train_and_evaluate

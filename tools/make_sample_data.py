@@ -1,6 +1,6 @@
 """Writes the bundled sample data set in data/sample/ (deterministic).
 
-    python scripts/make_sample_data.py [--out data/sample] [--vocab path/to/bert-base-uncased/vocab.txt]
+    python -m tools.make_sample_data [--out data/sample] [--vocab path/to/bert-base-uncased/vocab.txt]
 
 Output:
   train.json, dev.json, test.json  60/20/20 invented tweet-like sentences in the

@@ -12,7 +12,7 @@ filled in its polarity's colour and tagged with the polarity and its
 probability, the list of aspects, and the relation module's P(image adds) (the
 gate of both heads, §2.5) with P(text represented).
 
-PIL is imported inside the functions, so ``import jml_jax`` does not need it.
+PIL is imported inside the functions, so importing this module does not need it.
 """
 
 from __future__ import annotations

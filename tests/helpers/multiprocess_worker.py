@@ -15,7 +15,7 @@ import sys
 
 import jax
 
-import localhost_processes
+from helpers import localhost_processes
 
 
 def main(process_id: int, num_processes: int, port: int, outdir: str) -> None:
@@ -23,7 +23,7 @@ def main(process_id: int, num_processes: int, port: int, outdir: str) -> None:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    import toy_model
+    from helpers import toy_model
     from jml_jax.checkpointing import Checkpointer
     from jml_jax.mesh import make_mesh
     from jml_jax.sharding import batch_sharding, global_batch_from_process_local, process_batch_rows

@@ -8,7 +8,7 @@ width 8), dropout on, Adam. Both modes run the same arithmetic
 micro-batches of 4 in a ``lax.scan``, "one_pass" one forward/backward over
 [8 groups x 4].
 
-    python scripts/bench_accumulation.py [--steps 10] [--warmup 2] [--groups 8 --micro 4]
+    python -m tools.benchmark_accumulation [--steps 10] [--warmup 2] [--groups 8 --micro 4]
 
 Prints one line per mode (compile seconds, steps/s, examples/s) and the ratio.
 """

@@ -2,9 +2,9 @@
 over a split (Twitter-2015 dev by default: 727 sentences, at configs/text_real.py's
 L=64), tiny widths.
 
-    JML_DATA_ROOT=/path/to/data python scripts/bench_eval.py [--split dev] [--repeats 3]
+    JML_DATA_ROOT=/path/to/data python -m tools.benchmark_eval [--split dev] [--repeats 3]
     # another Evaluator implementation (e.g. an older jml_jax/evaluate.py):
-    python scripts/bench_eval.py --evaluator-module /tmp/old_evaluate.py
+    python -m tools.benchmark_eval --evaluator-module /tmp/old_evaluate.py
 
 Prints the compile-excluded seconds per full pass over the split (median of
 --repeats) and the sentences/s. The model is text-only and random (tiny BERT,
@@ -32,8 +32,10 @@ def main() -> None:
     import jax
 
     from configs import text_real
+    from data_pipeline import pipeline
+    from jml_jax.evaluate import EvalSplit
     from jml_jax.experiment import build_experiment
-    from launch import common
+    from jml_jax.weights import resolve_path
 
     config = text_real.get_config("twitter2015")
     config.model.bert, config.model.bert_init, config.model.bert_vocab_size = "tiny", None, 30522
@@ -41,10 +43,12 @@ def main() -> None:
     config.eval_batch_size = args.eval_batch
     config.mesh_shape = (1, 1, 1)
     config.decode.logit_threshold = -1e4
-    common.resolve_config_paths(config)
+    config.data.vocab_file = str(resolve_path(config.data.vocab_file, what="data.vocab_file"))
     exp = build_experiment(config, devices=jax.devices()[:1])
     state = exp.random_state()
-    split = common.eval_splits(config, [args.split])[args.split]
+    prepared = pipeline.load_split(config.data, args.split)
+    split = EvalSplit(name=args.split, features=prepared.features, make_iter=lambda: pipeline.make_eval_iter(
+        config.data, prepared, global_batch_size=config.eval_batch_size, process_index=0, process_count=1))
     if args.evaluator_module:
         spec = importlib.util.spec_from_file_location("other_evaluate", args.evaluator_module)
         module = importlib.util.module_from_spec(spec)

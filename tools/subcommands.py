@@ -1,4 +1,4 @@
-"""`python -m launch.X <command> [options]` for the multi-command tools.
+"""`python -m launch.X <command> [options]` for the multi-command entry points and tools.
 
 Kept free of JAX so that a tool can parse its arguments (and, for the
 benchmark, spawn worker processes) before anything initialises a backend.

@@ -11,7 +11,7 @@ the chip's published peak bf16 FLOP/s and HBM bandwidth (`CHIPS`) turns those
 into a step-time estimate: a compile-time estimate, never a measurement.
 
 Loops. XLA's ``cost_analysis`` counts the body of a while loop once, not times
-its trip count. The planner reads the compiled HLO itself (`jml_jax.hlo_stats`):
+its trip count. The planner reads the compiled HLO itself (`tools.hlo_stats`):
 it finds each while loop's trip count and adds ``(trip - 1)`` runs of the
 body, costed by XLA's own cost model on the body alone (`xla_cost`), so a
 sequential gradient-accumulation scan is counted in full (exact for loops that
@@ -25,6 +25,7 @@ libtpu comes from requirements-plan.txt (``pip install -r requirements-plan.txt`
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 import time
@@ -33,8 +34,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jml_jax.axes import MESH_AXES
-from jml_jax.hlo_stats import summarize_hlo, xla_cost
+from jml_jax.axes import DATA, FSDP, MESH_AXES
+from tools.hlo_stats import summarize_hlo, xla_cost
 
 # ---------------------------------------------------------------------------
 # Chips: published per-chip peak bf16 compute, HBM capacity and HBM bandwidth.
@@ -52,6 +53,10 @@ class ChipSpec:
     # libtpu's compile-only topology option: one JAX device per chip
     # (v4 and v5p chips hold two TensorCores that run as one "megacore").
     chip_config_name: str = "default"
+    # Dimensions of a slice's shape: v5e and v6e slices are 2D tori ('v5e:2x4'),
+    # v4 and v5p slices 3D ('v5p:2x2x1'). libtpu lays out either form for any
+    # chip, so a shape of the wrong rank would plan a slice that does not exist.
+    slice_dims: int = 2
 
 
 CHIPS: dict[str, ChipSpec] = {
@@ -59,10 +64,10 @@ CHIPS: dict[str, ChipSpec] = {
     "v5e": ChipSpec("v5e", 197e12, 16 * 10**9, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
     # "Peak compute per chip (bf16) 459 TFLOPs; HBM2e capacity and bandwidth 95 GB, 2765 GBps"
     "v5p": ChipSpec("v5p", 459e12, 95 * 10**9, 2765e9, "https://cloud.google.com/tpu/docs/v5p",
-                    chip_config_name="megacore"),
+                    chip_config_name="megacore", slice_dims=3),
     # "Peak compute per chip 275 teraflops (bf16 or int8); HBM2 capacity and bandwidth 32 GiB, 1200 GBps"
     "v4": ChipSpec("v4", 275e12, 32 * 2**30, 1200e9, "https://cloud.google.com/tpu/docs/v4",
-                   chip_config_name="megacore"),
+                   chip_config_name="megacore", slice_dims=3),
     # "Peak compute per chip (bf16) 918 TFLOPs; HBM capacity per chip 32 GB; HBM bandwidth per chip 1638 GBps"
     "v6e": ChipSpec("v6e", 918e12, 32 * 10**9, 1638e9, "https://cloud.google.com/tpu/docs/v6e"),
 }
@@ -83,7 +88,16 @@ def chip_of(topology: str) -> ChipSpec:
         )
     if gen not in CHIPS:
         raise PlanError(f"topology {topology!r}: unknown chip {gen!r}; known: {sorted(CHIPS)}")
-    return CHIPS[gen]
+    chip = CHIPS[gen]
+    sizes = [int(s) for s in shape.split("x")]
+    if min(sizes) < 1:
+        raise PlanError(f"topology {topology!r}: wrong shape {shape}: every size must be at least 1")
+    if len(sizes) != chip.slice_dims:
+        example = "2x4" if chip.slice_dims == 2 else "2x2x1"
+        rank = {2: "two", 3: "three"}[chip.slice_dims]
+        raise PlanError(f"topology {topology!r}: wrong shape {shape}: {gen} slices are {rank}-dimensional "
+                        f"(e.g. '{gen}:{example}'), this shape has {len(sizes)} dimensions")
+    return chip
 
 
 def topology_devices(topology: str) -> list:
@@ -95,8 +109,14 @@ def topology_devices(topology: str) -> list:
         desc = topologies.get_topology_desc(
             platform="tpu", topology_name=topology, chip_config_name=chip.chip_config_name
         )
-    except (ImportError, RuntimeError) as err:
+    except ImportError as err:
         raise PlanError(f"cannot describe TPU topology {topology!r} ({err}); {LIBTPU_HINT}") from err
+    except RuntimeError as err:
+        # libtpu is there when it answers; a refusal then is about the shape.
+        if importlib.util.find_spec("libtpu") is None:
+            raise PlanError(f"cannot describe TPU topology {topology!r} ({err}); {LIBTPU_HINT}") from err
+        raise PlanError(f"topology {topology!r}: libtpu cannot lay out a {chip.name} slice of this "
+                        f"shape ({err})") from err
     return list(desc.devices)
 
 
@@ -296,7 +316,7 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
     with config.unlocked():
         config.mesh_shape = sizes
     mesh_sizes = dict(zip(MESH_AXES, sizes))
-    shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
+    shards = mesh_sizes[DATA] * mesh_sizes[FSDP]
     global_batch, eval_batch = int(config.batch_size), int(config.eval_batch_size)
     accum = int(config.optimizer.grad_accum_steps)
     for what, b in (("batch_size", global_batch), ("eval_batch_size", eval_batch)):
@@ -450,14 +470,14 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
     lines = [
         "# Scale: the paper model on TPU slices, planned at compile time",
         "",
-        "Generated by `jml_jax/plan.py` (`python -m launch.plan --table=...`); do not edit by hand.",
+        "Generated by `tools/plan.py` (`python -m launch.plan --table=...`); do not edit by hand.",
         "",
         "**These are compile-time estimates, not measured times.** Each row compiles the real",
         "train step and eval functions of the config for the slice with libtpu's compile-only",
         "client (no TPU attached): per-chip memory is XLA's `memory_analysis()`, FLOPs and bytes",
         "its `cost_analysis()` (loop bodies multiplied by their trip counts), and the step time a",
         "roofline: max(FLOPs / peak bf16 FLOP/s, bytes accessed / HBM bandwidth) per chip, from",
-        "the chips' published specifications (`jml_jax.plan.CHIPS`, sources below). Collectives,",
+        "the chips' published specifications (`tools.plan.CHIPS`, sources below). Collectives,",
         "host input and decoding are not in the roofline, so real steps are slower.",
         "",
     ]
