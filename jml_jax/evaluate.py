@@ -416,9 +416,8 @@ def restore_for_eval(config, workdir, which="best", *, devices=None):
     from jml_jax.experiment import build_experiment
 
     exp = build_experiment(config, devices=devices)
-    select = f"{config.select_split}/{config.select_metric}" if config.get("select_split") else "epoch"
     # create=False: a mistyped workdir is an error, not a new empty folder.
-    ckpt = Checkpointer(pathlib.Path(workdir), keep=config.keep_checkpoints, best_metric=select, create=False)
+    ckpt = Checkpointer(pathlib.Path(workdir), keep=config.keep_checkpoints, create=False)
     try:
         if which == "best":  # the model kept by the training loop's save_best
             variables, meta = ckpt.restore_best(exp.abstract_variables)

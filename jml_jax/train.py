@@ -167,7 +167,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainDat
              schedule.eval_every, schedule.eval_start)
     # Resumable checkpoints (full state) every checkpoint_every_steps and at the
     # end; the best model by select (params and batch_stats only) beside them.
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=select or "epoch", keep_best=0)
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     empty_best = {"step": None, "value": -math.inf, "scores": {}}
     finite = make_finite_check(exp.mesh)
     _write_data_counts(workdir, train_data, eval_splits)

@@ -111,7 +111,7 @@ def _logged_evals(workdir) -> dict[int, dict[str, float]]:
 
 def _restore(config, workdir, which="latest", devices=None):
     s = build_experiment(config, num_train_steps=TOTAL_STEPS, devices=devices)
-    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+    with Checkpointer(workdir, create=False) as ckpt:
         return ckpt.restore(which, s.abstract_state)
 
 
@@ -302,7 +302,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, text_config,
     workdir = tmp_path / "interrupted"
     with pytest.raises(_Preempted):
         train.train_and_evaluate(text_config, workdir, _interrupted(train_data, at_step=3), splits)
-    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+    with Checkpointer(workdir, create=False) as ckpt:
         assert ckpt.all_steps() == [2]  # checkpoint_every_steps=2; step 3 never finished
     summary = train.train_and_evaluate(text_config, workdir, train_data, splits)
 
@@ -431,7 +431,7 @@ def test_resuming_with_another_model_names_the_mismatched_keys(tmp_path, text_co
     assert "bert/embeddings/word_embeddings/embedding target (436, 384) checkpoint (436, 32)" in message
     assert ("params/bert/embeddings/word_embeddings/embedding", (436, 384), (436, 32)) in err.value.mismatched
     assert "params/bert/encoder/layer_5/attention/self/query/kernel" in err.value.missing
-    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+    with Checkpointer(workdir, create=False) as ckpt:
         assert ckpt.all_steps() == [2, 4]  # the run's checkpoints are untouched
 
 
@@ -474,7 +474,7 @@ def _poisoned(data: train.TrainData, at_step: int) -> train.TrainData:
 
 
 def _assert_saved_states_finite(config, workdir):
-    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+    with Checkpointer(workdir, create=False) as ckpt:
         steps = ckpt.all_steps()
     for step in steps:
         state, _ = _restore(config, workdir, which=step)
@@ -506,7 +506,7 @@ def test_a_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, text_con
     shutil.copytree(full_dir, workdir)
     state, meta = _restore(text_config, workdir, which=4)
     shutil.rmtree(workdir / "checkpoints" / "4")
-    with Checkpointer(workdir, best_metric=SELECT) as ckpt:
+    with Checkpointer(workdir) as ckpt:
         ckpt.save(4, _damage(state), metadata=meta)
     with pytest.raises(CheckpointError, match="non-finite parameters"):
         evaluate_checkpoint(text_config, workdir, text_data[1], which=4)
