@@ -2,7 +2,8 @@
 
 Names in configs are resolved through explicit tables that fail with the list
 of valid names (`jml_jax.models.bert.get_bert_config`). The relation module of
-stage one is built exactly as the joint model builds its own, so its weights
+stage one comes from the joint model's own builder
+(`jml_jax.models.jml.build_relation_model`, re-exported here), so its weights
 drop into the joint model's ``relation`` subtree.
 """
 
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jml_jax.models.bert import BertConfig, get_bert_config
-from jml_jax.models.jml import JMLConfig, JMLModel, normalize_images
+from jml_jax.models.jml import JMLConfig, JMLModel, build_relation_model, normalize_images
 from jml_jax.models.relation import RelationModule
 from jml_jax.weights import read_artifact, resolve_path
 
@@ -105,31 +106,10 @@ def make_init_fn(model: JMLModel, config):
 
 
 def abstract_variables(model: JMLModel, config) -> dict:
-    """The model's variables as unboxed ShapeDtypeStructs (no computation)."""
-    return nn.meta.unbox(jax.eval_shape(make_init_fn(model, config), jax.random.PRNGKey(0)))
-
-
-
-
-def build_relation_model(jml: JMLConfig, *, use_images: bool | None = None) -> RelationModule:
-    """The RelationModule exactly as `JMLModel.setup` builds it from ``jml``.
-
-    ``use_images`` (default ``jml.use_images``) False gives the text-only
-    module (zero image grid, no ``pre_resnet``).
-    """
-    return RelationModule(
-        bert=jml.relation_bert_config,
-        resnet_depth=jml.resnet_depth,
-        resnet_blocks=jml.resnet_blocks,
-        resnet_width=jml.resnet_width,
-        num_heads=jml.num_heads,
-        dropout_rate=jml.dropout_rate,
-        mask_text=jml.mask_attention,
-        pad_group=jml.relation_pad_group,
-        use_images=jml.use_images if use_images is None else use_images,
-        dtype=jml.compute_dtype,
-        remat=jml.remat,
-    )
+    """The joint model's variables at ``config``'s shapes as unboxed
+    ShapeDtypeStructs (no computation)."""
+    init = make_init_fn(model, contract.joint_inputs_of(config, 1, train=True))
+    return nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
 
 
 def make_relation_init_fn(model: RelationModule, config):

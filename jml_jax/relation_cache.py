@@ -103,7 +103,7 @@ class _AsInJointModel(nn.Module):
     jml: JMLConfig
 
     def setup(self):
-        self.relation = model_factory.build_relation_model(self.jml)
+        self.relation = model_factory.build_relation_model(self.jml, pad_group=0)  # as JMLModel.setup
 
     def __call__(self, input_ids, input_mask, pixels):
         return self.relation(input_ids, input_mask, pixels, deterministic=True, train=False)
@@ -228,7 +228,7 @@ class RelationCache:
 
     def __init__(self, jml: JMLConfig, variables: Mapping[str, Any]):
         self.jml = jml
-        model = model_factory.build_relation_model(jml)
+        model = model_factory.build_relation_model(jml, pad_group=0)  # as JMLModel.setup
         devices = jax.local_devices()
         self._mesh = Mesh(np.array(devices), ("rows",))
         rep, rows = NamedSharding(self._mesh, PartitionSpec()), NamedSharding(self._mesh, PartitionSpec("rows"))
