@@ -10,13 +10,14 @@ drop into the joint model's ``relation`` subtree.
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from jml_jax import contract
 from jml_jax.models.bert import BertConfig, get_bert_config
-from jml_jax.models.jml import JMLConfig, JMLModel, build_relation_model, normalize_images
+from jml_jax.models.jml import JMLConfig, JMLModel, build_relation_model, normalize_images  # noqa: F401 (re-exported)
 from jml_jax.models.relation import RelationModule
 from jml_jax.weights import read_artifact, resolve_path
 
@@ -38,11 +39,12 @@ def bert_config_from(config) -> BertConfig:
     return bert
 
 
-def jml_config_from(config, *, relation_inputs: str = "module") -> JMLConfig:
+def jml_config_from(config, *, relation_inputs: str = "module", relation_pad_group: int = 0) -> JMLConfig:
     """The JMLConfig of ``config.model``. ``relation_inputs`` (see JMLConfig):
     'module' (default) is the whole joint model, as checkpoints and converters
     see it; the joint task passes 'batch' when the relation cache is on
-    (jml_jax/relation_cache.py `decide`)."""
+    (jml_jax/relation_cache.py `decide`). ``relation_pad_group``: stage one's
+    TRC padding (jml_jax/tasks.py `trc_pad_group`)."""
     m = config.model
     blocks = tuple(m.resnet_blocks) if m.resnet_blocks else None
     return JMLConfig(
@@ -63,46 +65,22 @@ def jml_config_from(config, *, relation_inputs: str = "module") -> JMLConfig:
         train_main_resnet=m.train_main_resnet,
         main_resnet_bn_updates=int(m.get("main_resnet_bn_updates", 1)),
         relation_inputs=relation_inputs,
-        relation_pad_group=trc_pad_group(config),
+        relation_pad_group=relation_pad_group,
         dtype=m.dtype,
         remat=m.remat,
     )
-
-
-def trc_pad_group(config) -> int:
-    """Rows per TRC batch whose longest tweet sets the relation module's text
-    length under ``data.trc_pad_to_batch_max`` (stage one only), else 0.
-
-    The original's TRC loaders, train and test, take ``--TRC_batch_size`` rows
-    per batch (§2.3): our training batch. Evaluation batches must hold whole
-    ones, so that each group of rows is one of the original's test batches.
-    """
-    if config.get("task", "joint") != "relation" or not config.data.get("trc_pad_to_batch_max", False):
-        return 0
-    group = int(config.batch_size)
-    if int(config.eval_batch_size) % group:
-        raise ValueError(f"data.trc_pad_to_batch_max: eval_batch_size={config.eval_batch_size} must be a "
-                         f"multiple of batch_size={group} (the original's TRC batch)")
-    return group
 
 
 def build_model(config, *, relation_inputs: str = "module") -> JMLModel:
     return JMLModel(jml_config_from(config, relation_inputs=relation_inputs))
 
 
-def dummy_inputs(config, batch: int = 1):
-    """Shapes the model is initialised with: (ids, mask, starts, ends, images)."""
-    length, spans = config.data.max_seq_length, config.data.max_spans
-    ids = jnp.zeros((batch, length), jnp.int32)
-    starts = jnp.zeros((batch, spans), jnp.int32)
-    crop = config.data.crop_size
-    images = jnp.zeros((batch, crop, crop, 3), jnp.uint8) if config.model.use_images else None
-    return ids, ids, starts, starts, images
-
-
-def make_init_fn(model: JMLModel, config):
-    inputs = dummy_inputs(config)
-    return lambda rng: model.init(rng, *inputs)
+def make_init_fn(model: JMLModel, inputs: Mapping[str, jax.ShapeDtypeStruct]):
+    """``rng -> variables`` of the joint model, traced on zeros of ``inputs``
+    (a task's training inputs, jml_jax/contract.py; any batch size)."""
+    zeros = contract.zeros(inputs)
+    args = tuple(zeros.get(k) for k in ("input_ids", "input_mask", "span_starts", "span_ends", "image"))
+    return lambda rng: model.init(rng, *args)
 
 
 def abstract_variables(model: JMLModel, config) -> dict:
@@ -113,14 +91,13 @@ def abstract_variables(model: JMLModel, config) -> dict:
 
 
 def make_relation_init_fn(model: RelationModule, config):
-    """``rng -> variables`` of the stage-one relation module at the config's shapes."""
-    length = config.data.max_seq_length
-    size = config.data.relation_resize
-    ids = jnp.zeros((1, length), jnp.int32)
-    images = jnp.zeros((1, size, size, 3), jnp.uint8) if model.use_images else None
+    """``rng -> variables`` of the stage-one relation module at the config's
+    shapes (its training inputs, jml_jax/contract.py)."""
+    zeros = contract.zeros(contract.relation_inputs_of(config, 1, train=True, use_images=model.use_images))
+    images = zeros.get("image")
 
     def init(rng):
         pixels = None if images is None else normalize_images(images)
-        return model.init(rng, ids, ids, pixels)
+        return model.init(rng, zeros["input_ids"], zeros["input_mask"], pixels)
 
     return init

@@ -23,7 +23,7 @@ Output: one JSON object per input line, in order::
 
 ``span_score`` is the span's start logit plus its end logit (what decoding
 ranks by, §6); ``polarity_prob`` the softmax probability of the predicted
-polarity. Spans are decoded exactly as in evaluation (jml_jax.evaluate:
+polarity. Spans are decoded exactly as in evaluation (jml_jax.evaluators:
 extraction -> host decoding -> classification); images get the evaluation
 preprocessing of the config's data section (its fixed crop, or the centre
 crop for 'random'), so a sentence seen in training gets the same pixels.
@@ -115,7 +115,7 @@ def build_split(config, inputs: Sequence[PredictInput], image_dir: str | None = 
     from data_pipeline import images as images_lib
     from data_pipeline import pipeline
     from data_pipeline import tokenizer as tokenizer_lib
-    from jml_jax.evaluate import EvalSplit
+    from jml_jax.evaluators import EvalSplit
 
     data = config.data
     if data.vocab_file is None:
@@ -173,13 +173,15 @@ def _attach_images(data, prepared, inputs, image_dir, images_lib) -> None:
 
 def restore_for_prediction(config, workdir, which: str | int = "best"):
     """(experiment, evaluator, state) of a run's checkpoint, restored into this
-    machine's mesh (jml_jax.evaluate.restore_for_eval). Batches of a split must
+    machine's mesh (jml_jax.scoring.restore_for_eval). Batches of a split must
     pass through ``experiment.task.prepare_inputs`` before the evaluator reads them."""
-    from jml_jax.evaluate import restore_for_eval
+    from jml_jax.scoring import restore_for_eval
+    from jml_jax.tasks import task_class
 
-    if config.get("task", "joint") != "joint":
+    task = task_class(config)
+    if not task.decodes_spans:
         raise ValueError("prediction decodes aspect spans: it needs a joint-model config, "
-                         f"not task={config.task!r}")
+                         f"not the {task.name} task")
     exp, state = restore_for_eval(config, workdir, which)
     return exp, exp.make_evaluator(), state
 

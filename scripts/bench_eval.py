@@ -3,7 +3,7 @@ over a split (Twitter-2015 dev by default: 727 sentences, at configs/text_real.p
 L=64), tiny widths.
 
     JML_DATA_ROOT=/path/to/data python scripts/bench_eval.py [--split dev] [--repeats 3]
-    # another Evaluator implementation (e.g. an older jml_jax/evaluate.py):
+    # another Evaluator implementation (e.g. an older jml_jax/evaluators.py):
     python scripts/bench_eval.py --evaluator-module /tmp/old_evaluate.py
 
 Prints the compile-excluded seconds per full pass over the split (median of
@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--split", default="dev")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--eval-batch", type=int, default=64)
-    p.add_argument("--evaluator-module", default=None, help="a file defining Evaluator (default: jml_jax.evaluate)")
+    p.add_argument("--evaluator-module", default=None, help="a file defining Evaluator (default: jml_jax.evaluators)")
     args = p.parse_args()
 
     import jax
@@ -50,7 +50,7 @@ def main() -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # its dataclasses look themselves up there
         spec.loader.exec_module(module)
-        from jml_jax.evaluate import decode_config_from
+        from jml_jax.evaluators import decode_config_from
 
         evaluator = module.Evaluator(exp.model, exp.mesh, exp.shardings, decode_config_from(config))
     else:

@@ -24,7 +24,7 @@ from data_pipeline import pipeline, readers
 from jml_jax import checkpointing, model_factory, relation_cache, weights
 from jml_jax.checkpointing import Checkpointer
 from jml_jax.convert.common import CheckpointMismatchError, flatten_tree
-from jml_jax.evaluate import EvalSplit
+from jml_jax.evaluators import EvalSplit
 from jml_jax.experiment import build_experiment
 from jml_jax.metrics import relation_metrics
 from jml_jax.model_factory import build_relation_model, make_relation_init_fn

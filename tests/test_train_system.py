@@ -33,8 +33,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import PartitionSpec
 
 import small_demo
-from jml_jax import train
-from jml_jax.evaluate import evaluate_checkpoint, sweep_thresholds
+from jml_jax import contract, train
 from jml_jax.experiment import build_experiment
 from jml_jax.tasks import JointTask
 from jml_jax.checkpointing import COMMIT_FILE, Checkpointer, CheckpointError, CheckpointStructureError
@@ -96,9 +95,9 @@ def _assert_trees_close(got, want, *, tol, what):
         np.testing.assert_allclose(got[key], want[key], rtol=tol, atol=tol, err_msg=f"{what}: {key}")
 
 
-def _model_batch(batch):
-    keys = [k for k in JointTask.batch_keys if k in batch] + (["image"] if "image" in batch else [])
-    return {k: batch[k] for k in keys}
+def _model_batch(batch, setup):
+    """What the training loop sends: exactly the task's training inputs (jml_jax/contract.py)."""
+    return contract.take(batch, setup.inputs(train=True))
 
 
 def _logged_evals(workdir) -> dict[int, dict[str, float]]:
@@ -198,7 +197,7 @@ def step_parity(module_config, image_data):
     train_data, _ = image_data
     it = train_data.make_iter(0)
     try:
-        batches = [_model_batch(next(it)) for _ in range(3)]
+        batches = [_model_batch(next(it), s) for _ in range(3)]
     finally:
         it.close()
     assert "image" in batches[0] and batches[0]["image"].shape == (8, 224, 224, 3)
