@@ -35,7 +35,7 @@ from jax.sharding import PartitionSpec
 import small_demo
 from jml_jax import contract, train
 from jml_jax.experiment import build_experiment
-from jml_jax.tasks import JointTask
+from jml_jax.scoring import evaluate_checkpoint, sweep_thresholds
 from jml_jax.checkpointing import COMMIT_FILE, Checkpointer, CheckpointError, CheckpointStructureError
 from jml_jax.sharding import global_batch_from_process_local
 from jml_jax.summary import read_jsonl
@@ -405,6 +405,27 @@ def test_threshold_sweep_rescores_one_checkpoint(image_run, image_run_eval, imag
         assert rows[1][f"{split}/joint_orig/retrieved"] == 0  # nothing clears 1e9
         # With no threshold every sentence keeps its best spans, up to the cap.
         assert rows[2][f"{split}/joint_orig/retrieved"] > rows[0][f"{split}/joint_orig/retrieved"]
+
+
+def test_threshold_sweep_leaves_the_evaluator_as_it_was(image_run, image_config, image_data, monkeypatch):
+    """Each threshold's decoding is an argument of the evaluation: the sweep
+    never sets the evaluator's own decode settings from outside."""
+    from jml_jax.experiment import Experiment
+
+    made = []
+    make_evaluator = Experiment.make_evaluator
+
+    def recording(self):
+        evaluator = make_evaluator(self)
+        made.append((evaluator, evaluator.decode_config))
+        return evaluator
+
+    monkeypatch.setattr(Experiment, "make_evaluator", recording)
+    rows = sweep_thresholds(image_config, image_run[0], {"dev": image_data[1]["dev"]}, [1e9])
+    assert rows[0]["dev/joint_orig/retrieved"] == 0  # the swept threshold was used
+    (evaluator, before), = made
+    assert evaluator.decode_config is before
+    assert before.logit_threshold == image_config.decode.logit_threshold
 
 
 # --------------------------------------------------------------------------- 5. bad checkpoints
