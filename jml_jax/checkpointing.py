@@ -10,10 +10,12 @@ Layout of a work directory::
                                  metadata/   evaluation so far (`save_best`): no
                                              optimizer state, one step kept
 
-One `ocp.CheckpointManager` keeps the latest ``keep`` steps plus the best
-``keep_best`` by a dev metric (a step that is both is stored once). Restores go
-into the shardings of a target state, so a checkpoint written on 8 devices
-restores on 1, or on another mesh shape.
+One `ocp.CheckpointManager` keeps the latest ``keep`` resumable steps; a second
+keeps the one best model (``best/``, written by the training loop's
+`Checkpointer.save_best`: the only meaning of "best"). Both are restored by
+one path (`_restore_step`: structure check, restore, fingerprint check) into
+the shardings of a target, so a checkpoint written on 8 devices restores on 1,
+or on another mesh shape.
 
 Orbax finalises a step by writing ``commit_success.txt`` into a temporary
 ``<step>.orbax-checkpoint-tmp-<time>`` directory and renaming it (on GCS, where
@@ -27,7 +29,6 @@ never a silent fresh start.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from typing import Any, Literal, Mapping
@@ -225,17 +226,41 @@ def _restore_target(target: Any) -> Any:
 # Train-state checkpoints.
 
 
+def _restore_step(manager, step_dir: epath.Path, step: int, item: str, target: Any) -> tuple[Any, dict]:
+    """The one restore path of ``checkpoints/`` and ``best/``: ``(tree, metadata)``
+    of ``manager``'s ``step``, item ``item`` (with a JSON ``metadata`` item
+    beside it), read into ``target``'s shapes, dtypes and shardings after a
+    structure check, then checked against the checksums saved with it."""
+    target = _restore_target(target)
+    try:
+        saved = manager.item_metadata(step)[item]
+    except Exception as err:
+        raise CheckpointError(step_dir, f"cannot read the checkpoint's metadata: {err}") from err
+    if not _flatten_saved(getattr(saved, "tree", saved)):
+        # Orbax answers None when <item>/_METADATA is gone or unreadable:
+        # damage, not a checkpoint of another model.
+        raise CheckpointError(step_dir, f"cannot read the checkpoint's array metadata ({item}/_METADATA "
+                                        "missing or damaged)")
+    _check_structure(step_dir, target, saved)
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            **{item: ocp.args.StandardRestore(target), METADATA: ocp.args.JsonRestore()}))
+    except Exception as err:
+        raise CheckpointError(step_dir, f"restoring step {step} failed: {err}") from err
+    meta = dict(restored[METADATA])
+    _check_fingerprint(step_dir, restored[item], meta.pop("fingerprint", None))
+    return restored[item], meta
+
+
 class Checkpointer:
-    """Periodic and best-by-dev-metric checkpoints of a `TrainState`.
+    """Resumable checkpoints of a `TrainState`, and the best model of the run.
 
     Args:
-      workdir: the run's directory; checkpoints go to ``<workdir>/checkpoints``.
+      workdir: the run's directory; checkpoints go to ``<workdir>/checkpoints``,
+        the best model (`save_best`) to ``<workdir>/best``.
       keep: how many latest steps to keep (``None``: all).
       async_save: write in a background thread; `save` returns once the
         arrays are copied off the devices (so the state may be donated next).
-      best_metric: the key in ``metrics`` that ranks checkpoints.
-      best_mode: ``"max"`` (higher is better) or ``"min"``.
-      keep_best: how many best steps to keep besides the latest ones (0: none).
       create: create the directory; with ``False`` a missing directory is a
         `CheckpointError` (evaluation of an existing run).
 
@@ -248,34 +273,15 @@ class Checkpointer:
         *,
         keep: int | None = 3,
         async_save: bool = True,
-        best_metric: str = "dev/joint_orig/f1",
-        best_mode: Literal["max", "min"] = "max",
-        keep_best: int = 1,
         create: bool = True,
     ):
-        if best_mode not in ("max", "min"):
-            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         self.directory = _path(workdir) / "checkpoints"
         if not create and not self.directory.is_dir():
             raise CheckpointError(self.directory, "no checkpoint directory")
-        self.best_metric = best_metric
-        self.best_mode = best_mode
         self._best = None  # the manager of <workdir>/best, created on first use
         self._create = create
-        policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep)]
-        if keep_best:
-            policies.append(
-                ocp.checkpoint_managers.BestN(
-                    get_metric_fn=self._metric_value,
-                    reverse=best_mode == "min",
-                    n=keep_best,
-                    keep_checkpoints_without_metrics=False,
-                )
-            )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            best_fn=self._metric_value,
-            best_mode=best_mode,
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
             enable_async_checkpointing=async_save,
             create=create,
         )
@@ -285,12 +291,6 @@ class Checkpointer:
             item_names=(STATE, METADATA),
             item_handlers={STATE: ocp.StandardCheckpointHandler(), METADATA: ocp.JsonCheckpointHandler()},
         )
-
-    def _metric_value(self, metrics: Mapping[str, Any]) -> float:
-        value = float(metrics[self.best_metric])
-        if math.isnan(value):  # a NaN score ranks last
-            return -math.inf if self.best_mode == "max" else math.inf
-        return value
 
     # -- saving -------------------------------------------------------------
 
@@ -306,9 +306,9 @@ class Checkpointer:
 
         ``metadata`` holds what a resumed run needs besides the arrays (the
         config, the data iterator position, ...); ``step`` and ``metrics`` are
-        added to it. ``metrics`` containing ``best_metric`` make the step a
-        candidate for the best checkpoints. ``force`` saves even when Orbax's
-        save policy would skip the step.
+        added to it (a record: nothing ranks steps by them; the best model is
+        `save_best`'s). ``force`` saves even when Orbax's save policy would
+        skip the step.
 
         Returns:
           Whether a checkpoint was written.
@@ -320,14 +320,12 @@ class Checkpointer:
             if key in user and user[key] != {"step": step, "metrics": metrics}.get(key):
                 raise ValueError(f"checkpoint metadata key {key!r} is reserved (given {user[key]!r})")
         meta = {**user, "step": step, "metrics": metrics, "fingerprint": fingerprint(state)}
-        tracked = metrics if self.best_metric in metrics else None
         try:
             return self._manager.save(
                 step,
                 args=ocp.args.Composite(
                     **{STATE: ocp.args.StandardSave(state), METADATA: ocp.args.JsonSave(meta)}
                 ),
-                metrics=tracked,
                 force=force,
             )
         except Exception as err:  # Orbax raises several types; name the path.
@@ -369,20 +367,7 @@ class Checkpointer:
         step = manager.latest_step() if manager is not None else None
         if step is None:
             raise CheckpointError(folder, "no best model saved (no evaluation has run, or no select_split)")
-        target = _restore_target(dict(target))
-        try:
-            saved = manager.item_metadata(step)[VARIABLES]
-        except Exception as err:
-            raise CheckpointError(folder / str(step), f"cannot read the checkpoint's metadata: {err}") from err
-        _check_structure(folder / str(step), target, saved)
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(**{
-                VARIABLES: ocp.args.StandardRestore(target), METADATA: ocp.args.JsonRestore()}))
-        except Exception as err:
-            raise CheckpointError(folder / str(step), f"restoring the best step {step} failed: {err}") from err
-        meta = dict(restored[METADATA])
-        _check_fingerprint(folder / str(step), restored[VARIABLES], meta.pop("fingerprint", None))
-        return restored[VARIABLES], meta
+        return _restore_step(manager, folder / str(step), step, VARIABLES, dict(target))
 
     def wait(self) -> None:
         """Blocks until a background save has finished."""
@@ -408,10 +393,6 @@ class Checkpointer:
         """The newest step saved or being saved; ``None`` when there is none."""
         return self._manager.latest_step()
 
-    def best_step(self) -> int | None:
-        """The kept step with the best ``best_metric``; ``None`` when none has it."""
-        return self._manager.best_step()
-
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
@@ -436,11 +417,6 @@ class Checkpointer:
     def _resolve(self, step: int | str) -> int:
         self.wait()
         complete, incomplete = self._scan()
-        if step == "best":
-            resolved = self.best_step()
-            if resolved is None:
-                raise CheckpointError(self.directory, f"no checkpoint has the metric {self.best_metric!r}")
-            step = resolved
         if step == "latest":
             if not complete:
                 cause = "no checkpoint"
@@ -457,7 +433,7 @@ class Checkpointer:
                 )
             return complete[-1]
         if not isinstance(step, (int, np.integer)):
-            raise ValueError(f"step must be an int, 'latest' or 'best', got {step!r}")
+            raise ValueError(f"step must be an int or 'latest' (the best model: restore_best), got {step!r}")
         step = int(step)
         if step in incomplete:
             raise CheckpointError(
@@ -471,11 +447,11 @@ class Checkpointer:
 
     # -- restoring ----------------------------------------------------------
 
-    def restore(self, step: int | Literal["latest", "best"], target: Any) -> tuple[Any, dict]:
+    def restore(self, step: int | Literal["latest"], target: Any) -> tuple[Any, dict]:
         """Restores a state into the shapes, dtypes and shardings of ``target``.
 
         Args:
-          step: a step number, ``"latest"`` or ``"best"``.
+          step: a step number or ``"latest"`` (the best model: `restore_best`).
           target: the abstract state from
             `jml_jax.train_state.abstract_sharded_state` (``ShapeDtypeStruct``
             leaves with shardings), or a concrete state whose shardings to use.
@@ -491,30 +467,7 @@ class Checkpointer:
         if not self.directory.is_dir():
             raise CheckpointError(self.directory, "no checkpoint directory")
         step = self._resolve(step)
-        step_dir = self.directory / str(step)
-        target = _restore_target(target)
-        try:
-            saved = self._manager.item_metadata(step)[STATE]
-        except Exception as err:
-            raise CheckpointError(step_dir, f"cannot read the checkpoint's metadata: {err}") from err
-        if not _flatten_saved(getattr(saved, "tree", saved)):
-            # Orbax answers None when state/_METADATA is gone or unreadable:
-            # damage, not a checkpoint of another model.
-            raise CheckpointError(step_dir, f"cannot read the checkpoint's array metadata ({STATE}/_METADATA "
-                                            "missing or damaged)")
-        _check_structure(step_dir, target, saved)
-        try:
-            restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    **{STATE: ocp.args.StandardRestore(target), METADATA: ocp.args.JsonRestore()}
-                ),
-            )
-        except Exception as err:
-            raise CheckpointError(step_dir, f"restoring step {step} failed: {err}") from err
-        meta = dict(restored[METADATA])
-        _check_fingerprint(step_dir, restored[STATE], meta.pop("fingerprint", None))
-        return restored[STATE], meta
+        return _restore_step(self._manager, self.directory / str(step), step, STATE, target)
 
     def restore_or_none(self, target: Any, *, check=None,
                         allow_fresh_start: bool = False) -> tuple[Any, dict] | None:

@@ -9,8 +9,10 @@ The mesh comes from ``config.mesh_shape`` over ``devices``; the logical-axis
 rules from ``config.axis_rules``; the model, its init and its loss from the
 task (jml_jax/tasks.py); the optimizer from ``config.optimizer`` with the
 task's frozen parts; the abstract state and its shardings from one trace of
-the model's init (`jml_jax.train_state.abstract_sharded_state`). Training,
-evaluation, prediction, the benchmarks and the planner all build through here.
+the model's init (`jml_jax.train_state.abstract_sharded_state`); the batches'
+shapes from the task's inputs (``exp.inputs(train=...)``, jml_jax/contract.py).
+Training, evaluation, prediction, the benchmarks and the planner all build
+through here.
 """
 
 from __future__ import annotations
@@ -58,15 +60,24 @@ class Experiment:
                                         given=given)
         return state
 
-    def initial_state(self):
+    def initial_state(self, pieces=None):
         """The state of step 0: every configured pretrained piece, random init for the rest.
 
-        The pieces are read (and strictly checked) before the init is compiled,
-        so a wrong path fails fast; they enter the jitted init, so nothing
-        random is computed for them and then thrown away.
+        ``pieces``: the task's pretrained pieces when the caller read them
+        (``task.pretrained``, whose second value feeds ``task.prepare_inputs``);
+        default: read here. They are read (and strictly checked) before the
+        init is compiled, so a wrong path fails fast; they enter the jitted
+        init, so nothing random is computed for them and then thrown away.
         """
-        pieces = self.task.pretrained_pieces(self.abstract_variables)
+        if pieces is None:
+            pieces = self.task.pretrained_pieces(self.abstract_variables)
         return self.random_state(weights.placed_pieces(pieces, self.abstract_state) if pieces else None)
+
+    def inputs(self, *, train: bool):
+        """The task's model inputs at the config's global batch size (train or
+        eval), as ShapeDtypeStructs (jml_jax/contract.py)."""
+        size = self.config.batch_size if train else self.config.eval_batch_size
+        return self.task.inputs(int(size), train=train)
 
     def make_train_step(self, *, donate: bool = True):
         opt = self.config.optimizer

@@ -2,20 +2,22 @@
 
 Names in configs are resolved through explicit tables that fail with the list
 of valid names (`jml_jax.models.bert.get_bert_config`). The relation module of
-stage one is built exactly as the joint model builds its own, so its weights
+stage one comes from the joint model's own builder
+(`jml_jax.models.jml.build_relation_model`, re-exported here), so its weights
 drop into the joint model's ``relation`` subtree.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from jml_jax import contract
 from jml_jax.models.bert import BertConfig, get_bert_config
-from jml_jax.models.jml import JMLConfig, JMLModel, normalize_images
+from jml_jax.models.jml import JMLConfig, JMLModel, build_relation_model, normalize_images  # noqa: F401 (re-exported)
 from jml_jax.models.relation import RelationModule
 from jml_jax.weights import read_artifact, resolve_path
 
@@ -37,11 +39,12 @@ def bert_config_from(config) -> BertConfig:
     return bert
 
 
-def jml_config_from(config, *, relation_inputs: str = "module") -> JMLConfig:
+def jml_config_from(config, *, relation_inputs: str = "module", relation_pad_group: int = 0) -> JMLConfig:
     """The JMLConfig of ``config.model``. ``relation_inputs`` (see JMLConfig):
     'module' (default) is the whole joint model, as checkpoints and converters
     see it; the joint task passes 'batch' when the relation cache is on
-    (jml_jax/relation_cache.py `decide`)."""
+    (jml_jax/relation_cache.py `decide`). ``relation_pad_group``: stage one's
+    TRC padding (jml_jax/tasks.py `trc_pad_group`)."""
     m = config.model
     blocks = tuple(m.resnet_blocks) if m.resnet_blocks else None
     return JMLConfig(
@@ -62,85 +65,39 @@ def jml_config_from(config, *, relation_inputs: str = "module") -> JMLConfig:
         train_main_resnet=m.train_main_resnet,
         main_resnet_bn_updates=int(m.get("main_resnet_bn_updates", 1)),
         relation_inputs=relation_inputs,
-        relation_pad_group=trc_pad_group(config),
+        relation_pad_group=relation_pad_group,
         dtype=m.dtype,
         remat=m.remat,
     )
-
-
-def trc_pad_group(config) -> int:
-    """Rows per TRC batch whose longest tweet sets the relation module's text
-    length under ``data.trc_pad_to_batch_max`` (stage one only), else 0.
-
-    The original's TRC loaders, train and test, take ``--TRC_batch_size`` rows
-    per batch (§2.3): our training batch. Evaluation batches must hold whole
-    ones, so that each group of rows is one of the original's test batches.
-    """
-    if config.get("task", "joint") != "relation" or not config.data.get("trc_pad_to_batch_max", False):
-        return 0
-    group = int(config.batch_size)
-    if int(config.eval_batch_size) % group:
-        raise ValueError(f"data.trc_pad_to_batch_max: eval_batch_size={config.eval_batch_size} must be a "
-                         f"multiple of batch_size={group} (the original's TRC batch)")
-    return group
 
 
 def build_model(config, *, relation_inputs: str = "module") -> JMLModel:
     return JMLModel(jml_config_from(config, relation_inputs=relation_inputs))
 
 
-def dummy_inputs(config, batch: int = 1):
-    """Shapes the model is initialised with: (ids, mask, starts, ends, images)."""
-    length, spans = config.data.max_seq_length, config.data.max_spans
-    ids = jnp.zeros((batch, length), jnp.int32)
-    starts = jnp.zeros((batch, spans), jnp.int32)
-    crop = config.data.crop_size
-    images = jnp.zeros((batch, crop, crop, 3), jnp.uint8) if config.model.use_images else None
-    return ids, ids, starts, starts, images
-
-
-def make_init_fn(model: JMLModel, config):
-    inputs = dummy_inputs(config)
-    return lambda rng: model.init(rng, *inputs)
+def make_init_fn(model: JMLModel, inputs: Mapping[str, jax.ShapeDtypeStruct]):
+    """``rng -> variables`` of the joint model, traced on zeros of ``inputs``
+    (a task's training inputs, jml_jax/contract.py; any batch size)."""
+    zeros = contract.zeros(inputs)
+    args = tuple(zeros.get(k) for k in ("input_ids", "input_mask", "span_starts", "span_ends", "image"))
+    return lambda rng: model.init(rng, *args)
 
 
 def abstract_variables(model: JMLModel, config) -> dict:
-    """The model's variables as unboxed ShapeDtypeStructs (no computation)."""
-    return nn.meta.unbox(jax.eval_shape(make_init_fn(model, config), jax.random.PRNGKey(0)))
-
-
-
-
-def build_relation_model(jml: JMLConfig, *, use_images: bool | None = None) -> RelationModule:
-    """The RelationModule exactly as `JMLModel.setup` builds it from ``jml``.
-
-    ``use_images`` (default ``jml.use_images``) False gives the text-only
-    module (zero image grid, no ``pre_resnet``).
-    """
-    return RelationModule(
-        bert=jml.relation_bert_config,
-        resnet_depth=jml.resnet_depth,
-        resnet_blocks=jml.resnet_blocks,
-        resnet_width=jml.resnet_width,
-        num_heads=jml.num_heads,
-        dropout_rate=jml.dropout_rate,
-        mask_text=jml.mask_attention,
-        pad_group=jml.relation_pad_group,
-        use_images=jml.use_images if use_images is None else use_images,
-        dtype=jml.compute_dtype,
-        remat=jml.remat,
-    )
+    """The joint model's variables at ``config``'s shapes as unboxed
+    ShapeDtypeStructs (no computation)."""
+    init = make_init_fn(model, contract.joint_inputs_of(config, 1, train=True))
+    return nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
 
 
 def make_relation_init_fn(model: RelationModule, config):
-    """``rng -> variables`` of the stage-one relation module at the config's shapes."""
-    length = config.data.max_seq_length
-    size = config.data.relation_resize
-    ids = jnp.zeros((1, length), jnp.int32)
-    images = jnp.zeros((1, size, size, 3), jnp.uint8) if model.use_images else None
+    """``rng -> variables`` of the stage-one relation module at the config's
+    shapes (its training inputs, jml_jax/contract.py)."""
+    zeros = contract.zeros(contract.relation_inputs_of(config, 1, train=True, use_images=model.use_images))
+    images = zeros.get("image")
 
     def init(rng):
         pixels = None if images is None else normalize_images(images)
-        return model.init(rng, ids, ids, pixels)
+        return model.init(rng, zeros["input_ids"], zeros["input_mask"], pixels)
 
     return init

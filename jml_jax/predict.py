@@ -28,7 +28,7 @@ Output: one JSON object per input line, in order::
 ranks by, §6); ``polarity_prob`` the softmax probability of the predicted
 polarity. ``truncated`` is true when the sentence had more WordPieces than
 ``data.max_seq_length - 2``: the words past the cut were not read, so no
-aspect is found there. Spans are decoded exactly as in evaluation (jml_jax.evaluate:
+aspect is found there. Spans are decoded exactly as in evaluation (jml_jax.evaluators:
 extraction -> host decoding -> classification); images get the evaluation
 preprocessing of the config's data section (its fixed crop, or the centre
 crop for 'random'), so a sentence seen in training gets the same pixels.
@@ -53,20 +53,22 @@ def prediction_split(features, make_iter: Callable) -> "EvalSplit":
       features: the inputs' FeatureSet (data_pipeline.predict_inputs.prepare_inputs).
       make_iter: () -> iterator of padded batches of them (data_pipeline.pipeline.make_eval_iter).
     """
-    from jml_jax.evaluate import EvalSplit
+    from jml_jax.evaluators import EvalSplit
 
     return EvalSplit(name="predict", make_iter=make_iter, features=features)
 
 
 def restore_for_prediction(config, workdir, which: str | int = "best"):
     """(experiment, evaluator, state) of a run's checkpoint, restored into this
-    machine's mesh (jml_jax.evaluate.restore_for_eval). Batches of a split must
+    machine's mesh (jml_jax.scoring.restore_for_eval). Batches of a split must
     pass through ``experiment.task.prepare_inputs`` before the evaluator reads them."""
-    from jml_jax.evaluate import restore_for_eval
+    from jml_jax.scoring import restore_for_eval
+    from jml_jax.tasks import task_class
 
-    if config.get("task", "joint") != "joint":
+    task = task_class(config)
+    if not task.decodes_spans:
         raise ValueError("prediction decodes aspect spans: it needs a joint-model config, "
-                         f"not task={config.task!r}")
+                         f"not the {task.name} task")
     exp, state = restore_for_eval(config, workdir, which)
     return exp, exp.make_evaluator(), state
 

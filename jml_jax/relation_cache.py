@@ -54,7 +54,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jml_jax import model_factory, weights
+from jml_jax import contract, model_factory, weights
 from jml_jax.axes import ROWS
 from jml_jax.checkpointing import fingerprint, fingerprint_mismatches
 from jml_jax.convert.common import unflatten_tree
@@ -104,16 +104,18 @@ class _AsInJointModel(nn.Module):
     jml: JMLConfig
 
     def setup(self):
-        self.relation = model_factory.build_relation_model(self.jml)
+        self.relation = model_factory.build_relation_model(self.jml, pad_group=0)  # as JMLModel.setup
 
     def __call__(self, input_ids, input_mask, pixels):
         return self.relation(input_ids, input_mask, pixels, deterministic=True, train=False)
 
 
 def _init_inputs(config, jml: JMLConfig):
-    """What the joint model's init feeds its relation module (model_factory.dummy_inputs)."""
-    ids, mask, _, _, images = model_factory.dummy_inputs(config)
-    return ids, mask, normalize_images(images, jml.image_mean, jml.image_std).astype(jml.compute_dtype)
+    """What the joint model's init feeds its relation module (its training
+    inputs, jml_jax/contract.py, as `model_factory.make_init_fn` traces them)."""
+    zeros = contract.zeros(contract.joint_inputs_of(config, 1, train=True))
+    pixels = normalize_images(zeros["image"], jml.image_mean, jml.image_std).astype(jml.compute_dtype)
+    return zeros["input_ids"], zeros["input_mask"], pixels
 
 
 def relation_abstract(config, jml: JMLConfig) -> dict:
@@ -229,7 +231,7 @@ class RelationCache:
 
     def __init__(self, jml: JMLConfig, variables: Mapping[str, Any]):
         self.jml = jml
-        model = model_factory.build_relation_model(jml)
+        model = model_factory.build_relation_model(jml, pad_group=0)  # as JMLModel.setup
         devices = jax.local_devices()
         self._mesh = Mesh(np.array(devices), (ROWS,))
         rep, rows = NamedSharding(self._mesh, PartitionSpec()), NamedSharding(self._mesh, PartitionSpec(ROWS))
@@ -374,7 +376,7 @@ def attach(config, jml: JMLConfig, variables: Mapping[str, Any] | None, train_da
     """``(train_data, eval_splits)`` carrying ``relation_probs`` (either may be None).
 
     ``variables``: the relation module's, when the caller has them already
-    (JointTask.pretrained_pieces); otherwise `load_variables`. ``workdir``:
+    (JointTask.pretrained); otherwise `load_variables`. ``workdir``:
     the run whose checkpoints the outputs feed, checked with `pin` (recorded
     when ``train_data`` is given).
     """

@@ -49,7 +49,9 @@ STEP_METRICS = ("loss", "grad_norm", "is_finite")
 ACCUMULATIONS = ("one_pass", "scan")
 
 
-def _tracing_context(mesh, rules):
+def tracing_context(mesh, rules):
+    """`jml_jax.sharding.activation_sharding` under ``rules``, or nothing when
+    ``rules`` is None: what every step and evaluator is traced in."""
     if rules is None:
         return contextlib.nullcontext()
     return activation_sharding(mesh, rules)
@@ -260,7 +262,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Any):
         step_rng = jax.random.fold_in(state.rng, state.step)
-        with _tracing_context(mesh, rules):
+        with tracing_context(mesh, rules):
             if one_pass:
                 if accum > 1:
                     batch = pin_groups(batch, accum, batch_sharding)
@@ -354,7 +356,7 @@ def make_eval_step(
     out_sharding = replicated(mesh) if outputs == "replicated" else batch_sharding
 
     def eval_step(state: TrainState, batch: Any):
-        with _tracing_context(mesh, rules):
+        with tracing_context(mesh, rules):
             return forward_fn(state.params, state.batch_stats, batch)
 
     return jax.jit(

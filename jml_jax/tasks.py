@@ -3,12 +3,21 @@
 `jml_jax.train.train_and_evaluate` is the only training loop. A task tells it:
 
   * which model to build and how to initialise it (``model``, ``init_fn``);
-  * which batch keys the model reads (``batch_keys``);
+  * the model's inputs, names, shapes and dtypes, for a batch size in training
+    or evaluation (``inputs``; jml_jax/contract.py): the one statement that
+    the loop, the evaluators, the planner, the init and the synthetic test
+    batches read (``batch_keys``/``eval_keys`` are its names);
   * the loss (``loss_fn``) and which top-level parameters stay frozen;
-  * which pretrained pieces to load before step 1 (``pretrained_pieces``);
-  * what to add to the batches before the steps read them (``prepare_inputs``);
-  * how to score an eval split (``make_evaluator``; jml_jax/evaluate.py);
-  * what to hand on when a better model is found or the run ends (``export``).
+  * which pretrained pieces to load before step 1, and what the inputs need
+    from them (``pretrained``: ``(pieces, pretrained_inputs)``);
+  * what to add to the batches before the steps read them (``prepare_inputs``,
+    given ``pretrained_inputs`` explicitly);
+  * how to score an eval split (``make_evaluator``, ``metric_names``,
+    ``decodes_spans``; jml_jax/evaluators.py);
+  * what to hand on when a better model is found or the run ends (``export``);
+  * what it asks of a config's paths before any data is read (``check_config``,
+    a class method) and whether eval splits carry host-side features
+    (``eval_features``).
 
 Stage two, `JointTask`: the joint model (models/jml.py) on Twitter-2015/2017,
 the relation module frozen (§2.5). Stage one, `RelationTask`: the relation
@@ -17,21 +26,25 @@ epoch, what the original hands to the joint model) and ``relation_best``, both
 'relation' artifacts (jml_jax/weights.py) that a joint config names as
 ``model.relation_init``.
 
-The config chooses the task by ``config.task`` ('joint' or 'relation').
+The config chooses the task by ``config.task`` ('joint' or 'relation',
+`task_class`); nothing outside this module reads ``config.task``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pathlib
 from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
-from jml_jax import losses, model_factory, relation_cache, weights
+from jml_jax import contract, losses, model_factory, relation_cache, weights
 from jml_jax.convert.common import flatten_tree
+from jml_jax.evaluators import (Evaluator, RelationEvaluator, decode_config_from, joint_metric_names,
+                                relation_metric_names)
 from jml_jax.metrics import RELATIONS
 from jml_jax.models.jml import normalize_images
 
@@ -72,20 +85,42 @@ def joint_loss(model, jml, params, batch_stats, batch, rng, train, *, groups: in
     return loss, (aux, new_vars.get("batch_stats", batch_stats))
 
 
-class JointTask:
+class _Task:
+    """What both tasks derive from their own statements."""
+
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        """The names of the training inputs (`inputs`)."""
+        return tuple(self.inputs(1, train=True))
+
+    @property
+    def eval_keys(self) -> tuple[str, ...]:
+        """The names of the evaluation inputs (`inputs`)."""
+        return tuple(self.inputs(1, train=False))
+
+    def pretrained_pieces(self, abstract: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The state's pretrained pieces (the first half of `pretrained`)."""
+        return self.pretrained(abstract)[0]
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Config checks of this task that need no data (default: none)."""
+        del config
+
+
+class JointTask(_Task):
     """Stage two: MATE + MASC with the relation-gated image features.
 
     With the relation cache on (``model.relation_cache``, jml_jax/relation_cache.py;
     the default with fixed or centre crops) the model has no relation module:
     ``prepare_inputs`` computes its outputs once per example and the batches
-    carry them as ``relation_probs`` [B, 2] (an extra entry of ``batch_keys``
-    and ``eval_keys``). ``relation_cached`` says which is in use.
+    carry them as ``relation_probs`` [B, 2] (an extra input, train and eval).
+    ``relation_cached`` says which is in use.
     """
 
     name = "joint"
-    batch_keys = ("input_ids", "input_mask", "start_positions", "end_positions",
-                  "span_starts", "span_ends", "polarity_labels", "span_mask")
-    eval_keys = ("input_ids", "input_mask", "span_starts", "span_ends", "mask", "row")
+    decodes_spans = True  # evaluation decodes aspect spans: threshold sweeps and prediction apply
+    eval_features = True  # eval splits carry their host-side features (tokens, words, gold aspects)
 
     def __init__(self, config):
         self.config = config
@@ -93,13 +128,16 @@ class JointTask:
         log.info("relation cache %s: %s", "on" if self.relation_cached else "off", why)
         self.model = model_factory.build_model(config, relation_inputs="batch" if self.relation_cached else "module")
         self.jml = self.model.config
-        self.init_fn = model_factory.make_init_fn(self.model, config)
-        if self.relation_cached:
-            self.batch_keys = type(self).batch_keys + ("relation_probs",)
-            self.eval_keys = type(self).eval_keys + ("relation_probs",)
-        # The relation module's variables read with the pretrained pieces, kept
-        # for prepare_inputs so they are not read twice.
-        self._relation_variables = None
+        self.init_fn = model_factory.make_init_fn(self.model, self.inputs(1, train=True))
+
+    def inputs(self, batch_size: int, *, train: bool) -> contract.Inputs:
+        """The joint model's inputs (jml_jax/contract.py `joint_inputs`), with
+        ``relation_probs`` when the relation cache is on."""
+        return contract.joint_inputs_of(self.config, batch_size, train=train, relation_probs=self.relation_cached)
+
+    @staticmethod
+    def metric_names() -> list[str]:
+        return joint_metric_names()
 
     @property
     def frozen_prefixes(self) -> tuple[str, ...]:
@@ -120,35 +158,35 @@ class JointTask:
         return joint_loss(self.model, self.jml, params, batch_stats, batch, rng, train, groups=groups,
                           relation_probs=relation_probs)
 
-    def pretrained_pieces(self, abstract: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def pretrained(self, abstract: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], Any]:
+        """``(pieces, pretrained_inputs)``: the state's pretrained pieces, and
+        the frozen relation module's variables when the relation cache is on
+        (read once, with the rest: model.relation_init or original_checkpoint),
+        else None. Pass the second to `prepare_inputs`."""
         if not self.relation_cached:
-            return weights.joint_pieces(self.config, self.jml, abstract)
-        # The pieces of the whole joint model (its relation subtree included:
-        # model.relation_init or original_checkpoint); the relation's are kept
-        # for prepare_inputs, the rest go into the state.
+            return weights.joint_pieces(self.config, self.jml, abstract), None
         full = relation_cache.with_relation(abstract, relation_cache.relation_abstract(self.config, self.jml))
         module_jml = dataclasses.replace(self.jml, relation_inputs="module")
-        pieces, self._relation_variables = relation_cache.split_pieces(
-            weights.joint_pieces(self.config, module_jml, full))
-        return pieces
+        return relation_cache.split_pieces(weights.joint_pieces(self.config, module_jml, full))
 
-    def prepare_inputs(self, exp, train_data, eval_splits, *, workdir=None):
+    def prepare_inputs(self, exp, train_data, eval_splits, *, workdir=None, pretrained_inputs=None):
         """``(train_data, eval_splits)`` as the model's steps read them (train_data
         may be None: evaluation only). Without the relation cache the batches
         are used as they come; with it they gain ``relation_probs`` [b, 2], the
         frozen relation module's outputs computed once per example
         (jml_jax/relation_cache.py), from the module ``workdir``'s run trained
-        with (`relation_cache.pin`)."""
+        with (`relation_cache.pin`). ``pretrained_inputs``: the relation
+        variables `pretrained` returned, when it ran (a fresh run); None reads
+        them from the config (a resumed run, evaluation)."""
         del exp
         if not self.relation_cached:
             return train_data, eval_splits
-        variables, self._relation_variables = self._relation_variables, None
-        return relation_cache.attach(self.config, self.jml, variables, train_data, eval_splits, workdir=workdir)
+        return relation_cache.attach(self.config, self.jml, pretrained_inputs, train_data, eval_splits,
+                                     workdir=workdir)
 
     def make_evaluator(self, mesh, shardings, rules=None):
-        from jml_jax.evaluate import Evaluator, decode_config_from
-
-        return Evaluator(self.model, mesh, shardings, decode_config_from(self.config))
+        return Evaluator(self.model, mesh, shardings, decode_config_from(self.config),
+                         inputs=self.inputs(1, train=False), rules=rules)
 
     def export(self, workdir: pathlib.Path, state, *, event: str) -> dict:
         """Nothing to hand on: the joint model's checkpoints are its product."""
@@ -156,16 +194,16 @@ class JointTask:
         return {}
 
 
-class RelationTask:
+class RelationTask(_Task):
     """Stage one: the relation module on TRC, in training mode (§2.4)."""
 
     name = "relation"
-    batch_keys = ("input_ids", "input_mask", "labels")
-    eval_keys = ("input_ids", "input_mask", "labels", "mask", "row")
+    decodes_spans = False
+    eval_features = False  # a TRC split is scored from its batches alone
 
     def __init__(self, config):
         self.config = config
-        self.jml = model_factory.jml_config_from(config)
+        self.jml = model_factory.jml_config_from(config, relation_pad_group=trc_pad_group(config))
         self.model = model_factory.build_relation_model(self.jml)
         self.init_fn = model_factory.make_relation_init_fn(self.model, config)
         if not self.model.use_images:
@@ -175,6 +213,24 @@ class RelationTask:
                 "gate a joint model with images")
 
     frozen_prefixes: tuple[str, ...] = ()
+
+    def inputs(self, batch_size: int, *, train: bool) -> contract.Inputs:
+        """The relation module's inputs (jml_jax/contract.py `relation_inputs`)."""
+        return contract.relation_inputs_of(self.config, batch_size, train=train, use_images=self.model.use_images)
+
+    @staticmethod
+    def metric_names() -> list[str]:
+        return relation_metric_names()
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """A relation run with images needs its image folder (the TRC images)."""
+        image_dir = config.data.image_dir
+        if config.model.use_images and not (image_dir and os.path.isdir(image_dir)):
+            raise ValueError(
+                f"model.use_images is True but data.image_dir={image_dir!r} is not a folder; the TRC images "
+                "come with the JML authors' release. Without them, train text-only: "
+                "--config=configs/trc_relation.py:text_only")
 
     def images(self, batch) -> Any:
         """Normalised pixels as the joint model feeds its relation module (§2.5)."""
@@ -203,12 +259,14 @@ class RelationTask:
         aux = {f"{name}_accuracy": correct[i] for i, name in enumerate(RELATIONS)}
         return loss, (aux, new_vars.get("batch_stats", batch_stats))
 
-    def prepare_inputs(self, exp, train_data, eval_splits, *, workdir=None):
+    def prepare_inputs(self, exp, train_data, eval_splits, *, workdir=None, pretrained_inputs=None):
         """The batches are used as they come."""
-        del exp, workdir
+        del exp, workdir, pretrained_inputs
         return train_data, eval_splits
 
-    def pretrained_pieces(self, abstract: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def pretrained(self, abstract: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], None]:
+        """``(pieces, None)``: model.bert_init / resnet_init / relation_init
+        (jml_jax/weights.py), and the original's LayerNorm draw when asked."""
         pieces = weights.relation_pieces(self.config, self.jml, abstract, use_images=self.model.use_images)
         relation = self.config.get("relation")
         if relation is not None and relation.original_layernorm_init:
@@ -216,11 +274,9 @@ class RelationTask:
                 raise ValueError("relation.original_layernorm_init with model.bert_init or relation_init set: "
                                  "the original's LayerNorm draw only happens when no BERT weights load (§10.1)")
             pieces.update(original_layernorm_pieces(abstract["params"], self.config.seed))
-        return pieces
+        return pieces, None
 
     def make_evaluator(self, mesh, shardings, rules=None):
-        from jml_jax.evaluate import RelationEvaluator
-
         return RelationEvaluator(self, mesh, shardings, rules)
 
     def export(self, workdir: pathlib.Path, state, *, event: str) -> dict:
@@ -238,12 +294,36 @@ class RelationTask:
 TASKS = {"joint": JointTask, "relation": RelationTask}
 
 
-def get_task(config):
-    """The task object named by ``config.task``."""
+def task_class(config):
+    """The task class named by ``config.task`` (its class-level facts, e.g.
+    ``decodes_spans``, ``eval_features``, ``check_config``, without building a model)."""
     name = config.get("task", "joint")
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid: {sorted(TASKS)}")
-    return TASKS[name](config)
+    return TASKS[name]
+
+
+def get_task(config):
+    """The task object named by ``config.task``."""
+    return task_class(config)(config)
+
+
+def trc_pad_group(config) -> int:
+    """Rows per TRC batch whose longest tweet sets the relation module's text
+    length under ``data.trc_pad_to_batch_max`` (stage one only: the joint model
+    feeds its module text padded to L, §2.5), else 0.
+
+    The original's TRC loaders, train and test, take ``--TRC_batch_size`` rows
+    per batch (§2.3): our training batch. Evaluation batches must hold whole
+    ones, so that each group of rows is one of the original's test batches.
+    """
+    if not config.data.get("trc_pad_to_batch_max", False):
+        return 0
+    group = int(config.batch_size)
+    if int(config.eval_batch_size) % group:
+        raise ValueError(f"data.trc_pad_to_batch_max: eval_batch_size={config.eval_batch_size} must be a "
+                         f"multiple of batch_size={group} (the original's TRC batch)")
+    return group
 
 
 def save_relation(path, params, batch_stats=None) -> None:

@@ -9,14 +9,16 @@ step 1 in jml_jax/experiment.py:
   2. resume from the latest checkpoint in ``workdir`` if there is one (restored
      straight into the shardings, no init compiled), else the initial state
      with the task's pretrained pieces;
-  3. steps: per-process NumPy batches -> global arrays -> jitted train step.
+  3. steps: per-process NumPy batches -> exactly the task's training inputs
+     (jml_jax/contract.py) -> global arrays -> jitted train step.
      The loop never waits for the device between steps: step metrics stay on
      the device and are fetched at log, eval and checkpoint steps. The step
      refuses a non-finite update (the state stays as it was), and every fetch
      checks the flags, so a run stops at the first fetch after a bad step and
      never saves anything non-finite;
   4. every ``steps_per_epoch / eval_per_epoch`` steps after the first
-     ``eval_start_fraction`` of training: score every eval split, log, and keep
+     ``eval_start_fraction`` of training: score every eval split
+     (jml_jax/scoring.py, the keys `launch.evaluate` reports too), log, and keep
      the best step by ``select_split/select_metric`` (strictly greater, §7.4:
      dev selects, test never does); the task exports what it hands on;
   5. resumable checkpoints of the whole state every ``checkpoint_every_steps``
@@ -45,12 +47,14 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import numpy as np
 
+from jml_jax import contract
 from jml_jax.checkpointing import Checkpointer
-from jml_jax.evaluate import EvalSplit, validate_eval_setup
+from jml_jax.evaluators import EvalSplit, validate_eval_setup
 from jml_jax.experiment import build_experiment
 from jml_jax.mesh import describe_mesh
 from jml_jax.preemption import Preempted, PreemptionWatch, clear_preempted, mark_preempted
 from jml_jax.progress import Progress
+from jml_jax.scoring import run_evals, score_key
 from jml_jax.sharding import global_batch_from_process_local
 from jml_jax.summary import MetricWriter
 from jml_jax.train_state import make_finite_check
@@ -145,7 +149,7 @@ def close_run(progress, ckpt: Checkpointer, writer, batches) -> None:
 
 def _select_key(config) -> str | None:
     split = config.get("select_split")
-    return f"{score_prefix(split)}/{config.select_metric}" if split else None
+    return score_key(split, config.select_metric) if split else None
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path, train_data: TrainData,
@@ -190,7 +194,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, train_data: TrainData,
              schedule.eval_every, schedule.eval_start)
     # Resumable checkpoints (full state) every checkpoint_every_steps and at the
     # end; the best model by select (params and batch_stats only) beside them.
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=select or "epoch", keep_best=0)
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     empty_best = {"step": None, "value": -math.inf, "scores": {}}
     finite = make_finite_check(exp.mesh)
     clear_preempted(workdir)
@@ -202,6 +206,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, train_data: TrainData,
                                     allow_fresh_start=allow_fresh_start)
     # Training time of the earlier processes of this run, up to their last save.
     earlier_seconds = 0.0
+    pretrained_inputs = None
     if restored is not None:
         state, meta = restored
         best = meta.get("best", empty_best)
@@ -209,11 +214,14 @@ def _train_and_evaluate(config, workdir: pathlib.Path, train_data: TrainData,
         earlier_seconds = float(meta.get("train_seconds", 0.0))
         log.info("resumed from step %d in %s", int(state.step), workdir)
     else:
-        state = exp.initial_state()
+        pieces, pretrained_inputs = task.pretrained(exp.abstract_variables)
+        state = exp.initial_state(pieces)
         best, last = empty_best, {"step": None, "scores": {}}
         if jax.process_index() == 0:
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    train_data, eval_splits = task.prepare_inputs(exp, train_data, eval_splits, workdir=workdir)
+    train_data, eval_splits = task.prepare_inputs(exp, train_data, eval_splits, workdir=workdir,
+                                                  pretrained_inputs=pretrained_inputs)
+    del pretrained_inputs
     train_step = exp.make_train_step()
     evaluator = exp.make_evaluator()
     exported: dict[str, Any] = {}
@@ -232,7 +240,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, train_data: TrainData,
 
     writer = MetricWriter(workdir)
     pending = _PendingMetrics()
-    keys = task.batch_keys
+    inputs = exp.inputs(train=True)  # the task's statement of what a training batch sends
 
     def flush():
         fetched = pending.fetch()
@@ -249,9 +257,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, train_data: TrainData,
     try:
         for step in range(start + 1, schedule.total_steps + 1):
             batch = next(batches)
-            model_batch = {k: batch[k] for k in keys}
-            if "image" in batch:
-                model_batch["image"] = batch["image"]
+            model_batch = contract.take(batch, inputs, f"the {task.name} task's training step")
             state, metrics = train_step(state, global_batch_from_process_local(model_batch, exp.mesh))
             pending.add(step, metrics)
             progress.update(step)
@@ -318,22 +324,6 @@ def _write_data_counts(workdir: pathlib.Path, train_data, eval_splits) -> None:
         lost = {k: c[k] for k in ("records_skipped", "image_fallbacks", "gold_aspects_truncated") if c.get(k)}
         if lost:
             log.warning("%s split: %s (details in %s)", name, lost, workdir / "data_counts.json")
-
-
-def score_prefix(split_name: str) -> str:
-    """The prefix of a split's scores in logs: its name, except that the
-    training set scored as an eval split (configs/trc_relation.py:full) is
-    'train_set', apart from the step metrics logged as 'train/...'."""
-    return "train_set" if split_name == "train" else split_name
-
-
-def run_evals(evaluator, state, eval_splits: Mapping[str, EvalSplit]) -> dict[str, float]:
-    """Scores every split; returns ``{'<split>/<metric>': value}``."""
-    scores: dict[str, float] = {}
-    for name, split in eval_splits.items():
-        split_scores, _ = evaluator.evaluate(state, split)
-        scores.update({f"{score_prefix(name)}/{k}": float(v) for k, v in split_scores.items()})
-    return scores
 
 
 def _eval_line(step: int, schedule: Schedule, scores: Mapping[str, float], select, best) -> str:

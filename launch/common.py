@@ -7,8 +7,8 @@ import os
 
 import jax
 
-from jml_jax import weights
-from jml_jax.evaluate import EvalSplit
+from jml_jax import tasks, weights
+from jml_jax.evaluators import EvalSplit
 from jml_jax.train import TrainData
 
 log = logging.getLogger(__name__)
@@ -111,15 +111,11 @@ def record_command(workdir: str) -> None:
 
 def resolve_config_paths(config) -> None:
     """Turns aliases such as 'minilm' in data.vocab_file into real paths, and
-    checks that an image run has its image folder."""
+    runs the task's own config checks (`jml_jax.tasks` ``check_config``: e.g.
+    that a relation run with images has its image folder)."""
     if config.data.vocab_file:
         config.data.vocab_file = str(weights.resolve_path(config.data.vocab_file, what="data.vocab_file"))
-    image_dir = config.data.image_dir
-    if config.task == "relation" and config.model.use_images and not (image_dir and os.path.isdir(image_dir)):
-        raise ValueError(
-            f"model.use_images is True but data.image_dir={image_dir!r} is not a folder; the TRC images "
-            "come with the JML authors' release. Without them, train text-only: "
-            "--config=configs/trc_relation.py:text_only")
+    tasks.task_class(config).check_config(config)
     if not config.model.use_images and config.data.image_dir:
         log.warning("model.use_images is False: ignoring data.image_dir=%s", config.data.image_dir)
         config.data.image_dir = None
@@ -146,7 +142,7 @@ def check_inputs(config, splits=None) -> None:
     from types import SimpleNamespace
 
     from data_pipeline.config import validate_data_config
-    from jml_jax.evaluate import validate_eval_setup
+    from jml_jax.evaluators import validate_eval_setup
     from jml_jax.experiment import build_experiment
     from jml_jax.train import Schedule
 
@@ -200,6 +196,7 @@ def eval_splits(config, names) -> dict[str, EvalSplit]:
     from data_pipeline import pipeline
 
     splits = {}
+    eval_features = tasks.task_class(config).eval_features
     for name in names:
         split = pipeline.load_split(config.data, name)
 
@@ -209,7 +206,7 @@ def eval_splits(config, names) -> dict[str, EvalSplit]:
                 process_index=jax.process_index(), process_count=jax.process_count(),
             )
 
-        features = split.features if config.task == "joint" else None
+        features = split.features if eval_features else None
         splits[name] = EvalSplit(name=name, make_iter=make_iter, features=features,
                                  num_examples=split.num_examples, source=config.data.get(f"{name}_file"),
                                  data_counts=split.data_counts)

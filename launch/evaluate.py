@@ -23,7 +23,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jml_jax.evaluate import evaluate_checkpoint, sweep_thresholds
+from jml_jax.scoring import evaluate_checkpoint, score_key, sweep_thresholds
 from launch import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
@@ -45,7 +45,7 @@ def _parse_thresholds(values) -> list[float]:
 
 
 def print_sweep(rows, splits) -> None:
-    head = ["threshold"] + [f"{s}/{c}" for s in splits for c in SWEEP_COLUMNS]
+    head = ["threshold"] + [score_key(s, c) for s in splits for c in SWEEP_COLUMNS]
     print("  ".join(f"{h:>18}" for h in head))
     for row in rows:
         print("  ".join([f"{row['threshold']:>18g}"] + [f"{row[h]:>18.4f}" for h in head[1:]]))

@@ -71,32 +71,48 @@ def test_save_on_8_devices_restore_on_other_meshes(tmp_path, restore_shape):
     assert meta["metrics"] == {"dev/joint_orig/f1": 0.5}
 
 
-def test_latest_and_best_bookkeeping(tmp_path):
+def test_latest_bookkeeping(tmp_path):
     state = _state((1, 1, 1))
     scores = {1: 0.1, 2: 0.5, 3: 0.3, 4: 0.2, 5: 0.4}
-    with Checkpointer(tmp_path, keep=2, keep_best=1) as ckpt:
+    with Checkpointer(tmp_path, keep=2) as ckpt:
         for step, f1 in scores.items():
             ckpt.save(step, state, {"data_position": step}, metrics={"dev/joint_orig/f1": f1, "loss": 1.0})
         ckpt.save(6, state, {"data_position": 6}, metrics={"train/loss": 0.3})  # no dev metric
         ckpt.wait()
         assert ckpt.latest_step() == 6
-        assert ckpt.best_step() == 2
-        assert ckpt.all_steps() == [2, 5, 6]
+        assert ckpt.all_steps() == [5, 6]  # metrics rank nothing: the best model is best/
     # A restarted run sees the same bookkeeping.
-    with Checkpointer(tmp_path, keep=2, keep_best=1) as ckpt:
-        assert (ckpt.latest_step(), ckpt.best_step(), ckpt.all_steps()) == (6, 2, [2, 5, 6])
-        _, meta = ckpt.restore("best", _target((1, 1, 1)))
-        assert meta["step"] == 2 and meta["metrics"]["dev/joint_orig/f1"] == 0.5
+    with Checkpointer(tmp_path, keep=2) as ckpt:
+        assert (ckpt.latest_step(), ckpt.all_steps()) == (6, [5, 6])
+        _, meta = ckpt.restore(5, _target((1, 1, 1)))
+        assert meta["step"] == 5 and meta["metrics"]["dev/joint_orig/f1"] == 0.4
         _, meta = ckpt.restore_or_none(_target((1, 1, 1)))
         assert meta["step"] == 6 and meta["data_position"] == 6
+        with pytest.raises(ValueError, match="restore_best"):
+            ckpt.restore("best", _target((1, 1, 1)))
 
 
-def test_best_mode_min(tmp_path):
+def test_best_model_is_the_one_best_folder(tmp_path):
+    """`save_best` keeps one model in <workdir>/best, replacing the previous
+    one; `restore_best` reads it through the same checks as a resumable step."""
     state = _state((1, 1, 1))
-    with Checkpointer(tmp_path, keep=1, best_metric="dev/loss", best_mode="min", async_save=False) as ckpt:
-        for step, loss in {1: 0.9, 2: 0.2, 3: 0.7}.items():
-            ckpt.save(step, state, metrics={"dev/loss": loss})
-        assert ckpt.best_step() == 2 and ckpt.all_steps() == [2, 3]
+    target = _target((1, 1, 1))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    abstract = {"params": target.params, "batch_stats": target.batch_stats}
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save_best(2, variables, {"dev/f1": 0.5})
+        bumped = jax.tree.map(lambda x: x + 1, variables)
+        ckpt.save_best(4, bumped, {"dev/f1": 0.7})
+        ckpt.wait()
+    assert sorted(p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()) == ["4"]
+    with Checkpointer(tmp_path, create=False) as ckpt:
+        restored, meta = ckpt.restore_best(abstract)
+    assert meta["step"] == 4 and meta["metrics"] == {"dev/f1": 0.7}
+    _assert_same(restored, bumped)
+    wrong = {"params": {"other": target.params}, "batch_stats": target.batch_stats}
+    with Checkpointer(tmp_path, create=False) as ckpt:
+        with pytest.raises(CheckpointStructureError, match="other"):
+            ckpt.restore_best(wrong)
 
 
 def test_async_save_then_wait(tmp_path):
@@ -122,8 +138,8 @@ def test_missing_directory_and_empty_workdir(tmp_path):
         assert ckpt.latest_step() is None
         with pytest.raises(CheckpointError, match="no checkpoint"):
             ckpt.restore("latest", _target((1, 1, 1)))
-        with pytest.raises(CheckpointError, match="metric"):
-            ckpt.restore("best", _target((1, 1, 1)))
+        with pytest.raises(CheckpointError, match="no best model"):
+            ckpt.restore_best({"params": {}})
 
 
 def test_partial_checkpoints_are_errors_not_fresh_starts(tmp_path, caplog):
@@ -204,10 +220,10 @@ def test_flipped_bytes_in_a_data_file_are_caught_on_restore(tmp_path):
     import pathlib
 
     state = {"w": jax.numpy.arange(4096, dtype=jax.numpy.float32).reshape(64, 64) / 7.0}
-    with Checkpointer(tmp_path, keep=2, keep_best=0) as ckpt:
+    with Checkpointer(tmp_path, keep=2) as ckpt:
         ckpt.save(1, state, force=True)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    with Checkpointer(tmp_path, keep=2, keep_best=0, create=False) as ckpt:
+    with Checkpointer(tmp_path, keep=2, create=False) as ckpt:
         restored, _ = ckpt.restore(1, target)  # intact: restores
     np.testing.assert_array_equal(np.asarray(restored["w"]), np.asarray(state["w"]))
     files = [p for p in pathlib.Path(tmp_path / "checkpoints" / "1" / "state").rglob("*") if p.is_file()]
@@ -216,6 +232,6 @@ def test_flipped_bytes_in_a_data_file_are_caught_on_restore(tmp_path):
     for i in range(len(raw) // 2, len(raw) // 2 + 64):
         raw[i] ^= 0xFF
     data.write_bytes(bytes(raw))
-    with Checkpointer(tmp_path, keep=2, keep_best=0, create=False) as ckpt:
+    with Checkpointer(tmp_path, keep=2, create=False) as ckpt:
         with pytest.raises(CheckpointError, match="data files are damaged"):
             ckpt.restore(1, target)

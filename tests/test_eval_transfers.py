@@ -1,4 +1,4 @@
-"""Evaluation reads the device once per batch (jml_jax/evaluate.py Evaluator)."""
+"""Evaluation reads the device once per batch (jml_jax/evaluators.py Evaluator)."""
 
 from __future__ import annotations
 

@@ -24,10 +24,6 @@ MAY_IMPORT = {
     "tools": {"tools", "jml_jax", "data_pipeline", "configs"},
     "launch": {"launch", "tools", "jml_jax", "data_pipeline", "configs"},
 }
-# Circles known to be cut by work in flight: the evaluators and the
-# restore-and-score layer split out of jml_jax/evaluate.py (#19 item 2).
-# Delete an entry once that lands; a circle not listed here fails.
-KNOWN_CIRCLES = [{"jml_jax.evaluate", "jml_jax.experiment", "jml_jax.tasks"}]
 # Never imported by the library, not even lazily.
 NOT_IN_LIBRARY = {"tensorflow", "tensorflow_datasets", "data_pipeline", "launch", "tools"}
 
@@ -122,7 +118,7 @@ def test_the_graph_sees_lazy_imports():
 
 def test_no_import_circle():
     graph, _ = _graph()
-    cycles = [c for c in _cycles(graph) if set(c) not in KNOWN_CIRCLES]
+    cycles = _cycles(graph)
     assert not cycles, "import circles (each line: modules that import each other):\n" + "\n".join(
         " <-> ".join(c) for c in cycles)
 

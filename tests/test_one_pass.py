@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import pytest
 
+from jml_jax import contract
 from jml_jax.mesh import make_mesh
 from jml_jax.models.bert import BertConfig
 from jml_jax.models import spans as spans_lib
@@ -51,37 +52,12 @@ def make_loss_fn(model: JMLModel, jml_config: JMLConfig):
 
 
 def make_batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random training rows. The last row of every 4 has a span running past
-    its row's last token, which 'batch' span packing reads from the next row
-    (so packing across a group boundary would show)."""
-    rs = np.random.RandomState(seed)
-    ids = np.zeros((n, LENGTH), np.int32)
-    mask = np.zeros((n, LENGTH), np.int32)
-    starts = np.zeros((n, SPANS), np.int32)
-    ends = np.zeros((n, SPANS), np.int32)
-    span_mask = np.zeros((n, SPANS), np.int32)
-    labels = np.zeros((n, SPANS), np.int32)
-    for r in range(n):
-        length = rs.randint(8, LENGTH - 4)
-        ids[r, :length] = rs.randint(1, 100, length)
-        mask[r, :length] = 1
-        for j in range(rs.randint(1, SPANS)):
-            s = rs.randint(1, length - 2)
-            starts[r, j], ends[r, j] = s, min(s + rs.randint(0, 3), length - 2)
-            span_mask[r, j], labels[r, j] = 1, rs.randint(1, 4)
-        if r % 4 == 3:  # past the end of the row's tokens
-            starts[r, 0], ends[r, 0] = length - 2, length + 1
-    start_pos = np.zeros((n, LENGTH), np.int32)
-    end_pos = np.zeros((n, LENGTH), np.int32)
-    rows, slots = np.nonzero(span_mask)
-    start_pos[rows, starts[rows, slots]] = 1
-    end_pos[rows, ends[rows, slots]] = 1
-    return {
-        "input_ids": ids, "input_mask": mask, "span_starts": starts, "span_ends": ends,
-        "span_mask": span_mask, "polarity_labels": labels,
-        "start_positions": start_pos, "end_positions": end_pos,
-        "image": rs.randint(0, 256, (n, IMAGE, IMAGE, 3)).astype(np.uint8),
-    }
+    """Random training rows: the shared synthetic batch of the joint task's
+    inputs (jml_jax/contract.py). The last row of every 4 has a span running
+    past its row's last token, which 'batch' span packing reads from the next
+    row (so packing across a group boundary would show)."""
+    inputs = contract.joint_inputs(n, length=LENGTH, spans=SPANS, train=True, image_size=IMAGE)
+    return contract.synthetic_batch(inputs, seed=seed, aspects=3, overrun_every=4)
 
 
 def init_fn(model: JMLModel):

@@ -22,7 +22,8 @@ import pytest
 
 from jml_jax import relation_cache
 from jml_jax.checkpointing import Checkpointer, CheckpointStructureError
-from jml_jax.evaluate import EvalSplit, evaluate_checkpoint
+from jml_jax.evaluators import EvalSplit
+from jml_jax.scoring import evaluate_checkpoint
 from jml_jax.experiment import build_experiment
 from jml_jax.tasks import JointTask
 from jml_jax.train import TrainData, train_and_evaluate

@@ -24,7 +24,7 @@ from data_pipeline import pipeline, readers
 from jml_jax import checkpointing, model_factory, relation_cache, weights
 from jml_jax.checkpointing import Checkpointer
 from jml_jax.convert.common import CheckpointMismatchError, flatten_tree
-from jml_jax.evaluate import EvalSplit
+from jml_jax.evaluators import EvalSplit
 from jml_jax.experiment import build_experiment
 from jml_jax.metrics import relation_metrics
 from jml_jax.model_factory import build_relation_model, make_relation_init_fn
@@ -279,7 +279,7 @@ def test_stage_one_with_images_hands_off_to_joint_training(tmp_path):
     joint = tmp_path / "joint"
     summary = train_and_evaluate(c, joint, launch_common.train_data(c), launch_common.eval_splits(c, ("dev",)))
     assert summary["total_steps"] == 2
-    with Checkpointer(joint, best_metric="dev/joint_orig/f1") as ckpt:
+    with Checkpointer(joint) as ckpt:
         trained, _ = ckpt.restore("latest", s.abstract_state)
     assert int(trained.step) == 2
     trees = (("params", trained.params), ("batch_stats", trained.batch_stats))

@@ -100,7 +100,7 @@ def test_two_processes_train_like_one(tmp_path):
     s = build_experiment(config, num_train_steps=4, devices=devices)
     states = {}
     for name in ("one", "two"):
-        with Checkpointer(tmp_path / name, best_metric=SELECT, create=False) as ckpt:
+        with Checkpointer(tmp_path / name, create=False) as ckpt:
             assert ckpt.all_steps() == [2, 4]
             states[name], _ = ckpt.restore("latest", s.abstract_state)
     assert int(states["two"].step) == 4

@@ -33,10 +33,9 @@ from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import PartitionSpec
 
 from helpers import small_demo
-from jml_jax import train
-from jml_jax.evaluate import evaluate_checkpoint, sweep_thresholds
+from jml_jax import contract, train
 from jml_jax.experiment import build_experiment
-from jml_jax.tasks import JointTask
+from jml_jax.scoring import evaluate_checkpoint, sweep_thresholds
 from jml_jax.checkpointing import COMMIT_FILE, Checkpointer, CheckpointError, CheckpointStructureError
 from jml_jax.sharding import global_batch_from_process_local
 from jml_jax.summary import read_jsonl
@@ -96,9 +95,9 @@ def _assert_trees_close(got, want, *, tol, what):
         np.testing.assert_allclose(got[key], want[key], rtol=tol, atol=tol, err_msg=f"{what}: {key}")
 
 
-def _model_batch(batch):
-    keys = [k for k in JointTask.batch_keys if k in batch] + (["image"] if "image" in batch else [])
-    return {k: batch[k] for k in keys}
+def _model_batch(batch, setup):
+    """What the training loop sends: exactly the task's training inputs (jml_jax/contract.py)."""
+    return contract.take(batch, setup.inputs(train=True))
 
 
 def _logged_evals(workdir) -> dict[int, dict[str, float]]:
@@ -111,7 +110,7 @@ def _logged_evals(workdir) -> dict[int, dict[str, float]]:
 
 def _restore(config, workdir, which="latest", devices=None):
     s = build_experiment(config, num_train_steps=TOTAL_STEPS, devices=devices)
-    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+    with Checkpointer(workdir, create=False) as ckpt:
         return ckpt.restore(which, s.abstract_state)
 
 
@@ -198,7 +197,7 @@ def step_parity(module_config, image_data):
     train_data, _ = image_data
     it = train_data.make_iter(0)
     try:
-        batches = [_model_batch(next(it)) for _ in range(3)]
+        batches = [_model_batch(next(it), s) for _ in range(3)]
     finally:
         it.close()
     assert "image" in batches[0] and batches[0]["image"].shape == (8, 224, 224, 3)
@@ -302,7 +301,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, text_config,
     workdir = tmp_path / "interrupted"
     with pytest.raises(_Preempted):
         train.train_and_evaluate(text_config, workdir, _interrupted(train_data, at_step=3), splits)
-    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+    with Checkpointer(workdir, create=False) as ckpt:
         assert ckpt.all_steps() == [2]  # checkpoint_every_steps=2; step 3 never finished
     summary = train.train_and_evaluate(text_config, workdir, train_data, splits)
 
@@ -408,6 +407,27 @@ def test_threshold_sweep_rescores_one_checkpoint(image_run, image_run_eval, imag
         assert rows[2][f"{split}/joint_orig/retrieved"] > rows[0][f"{split}/joint_orig/retrieved"]
 
 
+def test_threshold_sweep_leaves_the_evaluator_as_it_was(image_run, image_config, image_data, monkeypatch):
+    """Each threshold's decoding is an argument of the evaluation: the sweep
+    never sets the evaluator's own decode settings from outside."""
+    from jml_jax.experiment import Experiment
+
+    made = []
+    make_evaluator = Experiment.make_evaluator
+
+    def recording(self):
+        evaluator = make_evaluator(self)
+        made.append((evaluator, evaluator.decode_config))
+        return evaluator
+
+    monkeypatch.setattr(Experiment, "make_evaluator", recording)
+    rows = sweep_thresholds(image_config, image_run[0], {"dev": image_data[1]["dev"]}, [1e9])
+    assert rows[0]["dev/joint_orig/retrieved"] == 0  # the swept threshold was used
+    (evaluator, before), = made
+    assert evaluator.decode_config is before
+    assert before.logit_threshold == image_config.decode.logit_threshold
+
+
 # --------------------------------------------------------------------------- 5. bad checkpoints
 
 
@@ -431,7 +451,7 @@ def test_resuming_with_another_model_names_the_mismatched_keys(tmp_path, text_co
     assert "bert/embeddings/word_embeddings/embedding target (436, 384) checkpoint (436, 32)" in message
     assert ("params/bert/embeddings/word_embeddings/embedding", (436, 384), (436, 32)) in err.value.mismatched
     assert "params/bert/encoder/layer_5/attention/self/query/kernel" in err.value.missing
-    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+    with Checkpointer(workdir, create=False) as ckpt:
         assert ckpt.all_steps() == [2, 4]  # the run's checkpoints are untouched
 
 
@@ -474,7 +494,7 @@ def _poisoned(data: train.TrainData, at_step: int) -> train.TrainData:
 
 
 def _assert_saved_states_finite(config, workdir):
-    with Checkpointer(workdir, best_metric=SELECT, create=False) as ckpt:
+    with Checkpointer(workdir, create=False) as ckpt:
         steps = ckpt.all_steps()
     for step in steps:
         state, _ = _restore(config, workdir, which=step)
@@ -506,7 +526,7 @@ def test_a_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, text_con
     shutil.copytree(full_dir, workdir)
     state, meta = _restore(text_config, workdir, which=4)
     shutil.rmtree(workdir / "checkpoints" / "4")
-    with Checkpointer(workdir, best_metric=SELECT) as ckpt:
+    with Checkpointer(workdir) as ckpt:
         ckpt.save(4, _damage(state), metadata=meta)
     with pytest.raises(CheckpointError, match="non-finite parameters"):
         evaluate_checkpoint(text_config, workdir, text_data[1], which=4)

@@ -20,6 +20,7 @@ from jml_jax.models.bert import BertConfig
 from jml_jax.models.jml import normalize_images
 from jml_jax.models.relation import RelationModule, batch_max_positions
 from helpers.tiny_dataset import data_config, write_tiny_dataset
+from jml_jax.tasks import RelationTask
 
 L, GROUP = 16, 4
 LENGTHS = np.array([5, 9, 3, 7, 4, 6, 2, 6])  # groups' longest: 9 and 6
@@ -74,14 +75,14 @@ def test_mask_text_fix_takes_precedence(batch):
 
 def test_switch_reaches_the_stage_one_module_only():
     c = trc_config("sample")
-    assert model_factory.jml_config_from(c).relation_pad_group == 0  # default: padded to L
+    assert RelationTask(c).jml.relation_pad_group == 0  # default: padded to L
     c.data.trc_pad_to_batch_max = True
-    jml = model_factory.jml_config_from(c)
+    jml = RelationTask(c).jml
     assert jml.relation_pad_group == c.batch_size == 8
     assert model_factory.build_relation_model(jml).pad_group == 8
     c.eval_batch_size = 12
     with pytest.raises(ValueError, match="multiple of batch_size"):
-        model_factory.jml_config_from(c)
+        RelationTask(c)
     # The joint model's relation module (and the relation cache) sees text padded to L (§2.5).
     j = joint_config("text_only,minilm")
     j.data.trc_pad_to_batch_max = True

@@ -22,11 +22,11 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
+from jml_jax import contract
 from jml_jax.mesh import make_mesh
+from jml_jax.model_factory import make_init_fn
 from jml_jax.models.bert import BERT_PRESETS
 from jml_jax.models.jml import JMLConfig, JMLModel
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local
@@ -37,46 +37,20 @@ from jml_jax.train_state import create_sharded_state
 SPANS = 20  # the original's max aspect slots (§5.2)
 
 
-def make_batch(n: int, length: int, image: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rs = np.random.RandomState(seed)
-    lengths = rs.randint(length // 4, length, n)
-    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
-    starts = np.zeros((n, SPANS), np.int32)
-    ends = np.zeros((n, SPANS), np.int32)
-    span_mask = np.zeros((n, SPANS), np.int32)
-    for r in range(n):
-        for j in range(rs.randint(1, 4)):
-            s = rs.randint(1, lengths[r] - 2)
-            starts[r, j], ends[r, j], span_mask[r, j] = s, min(s + 1, lengths[r] - 2), 1
-    start_pos = np.zeros((n, length), np.int32)
-    end_pos = np.zeros((n, length), np.int32)
-    rows, slots = np.nonzero(span_mask)
-    start_pos[rows, starts[rows, slots]] = 1
-    end_pos[rows, ends[rows, slots]] = 1
-    return {
-        "input_ids": rs.randint(1, 100, (n, length)).astype(np.int32) * mask,
-        "input_mask": mask, "span_starts": starts, "span_ends": ends, "span_mask": span_mask,
-        "polarity_labels": rs.randint(1, 4, (n, SPANS)).astype(np.int32),
-        "start_positions": start_pos, "end_positions": end_pos,
-        "image": rs.randint(0, 256, (n, image, image, 3)).astype(np.uint8),
-    }
-
-
 def bench(accumulation: str, args) -> dict:
     bert = dataclasses.replace(BERT_PRESETS["tiny"], max_position_embeddings=max(128, args.length))
     model = JMLModel(JMLConfig(bert=bert, resnet_depth=50, resnet_blocks=(1, 1, 1, 1), resnet_width=8))
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     tx = optax.adam(1e-5)
-    ids = jnp.zeros((1, args.length), jnp.int32)
-    spans = jnp.zeros((1, SPANS), jnp.int32)
-    image = jnp.zeros((1, args.image, args.image, 3), jnp.uint8)
-    state, shardings = create_sharded_state(
-        lambda r: model.init(r, ids, ids, spans, spans, image), tx, mesh, None, jax.random.PRNGKey(0))
+    # The joint task's contract (jml_jax/contract.py) gives the init and the batch their shapes.
+    def inputs(size):
+        return contract.joint_inputs(size, length=args.length, spans=SPANS, train=True, image_size=args.image)
+
+    state, shardings = create_sharded_state(make_init_fn(model, inputs(1)), tx, mesh, None, jax.random.PRNGKey(0))
     loss_fn = functools.partial(joint_loss, model, model.config)
     step = make_train_step(loss_fn, tx, shardings, batch_sharding(mesh),
                            grad_accum_steps=args.groups, accumulation=accumulation)
-    batch = global_batch_from_process_local(
-        make_batch(args.groups * args.micro, args.length, args.image), mesh)
+    batch = global_batch_from_process_local(contract.synthetic_batch(inputs(args.groups * args.micro), aspects=3), mesh)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0

@@ -3,8 +3,8 @@ over a split (Twitter-2015 dev by default: 727 sentences, at configs/text_real.p
 L=64), tiny widths.
 
     JML_DATA_ROOT=/path/to/data python -m tools.benchmark_eval [--split dev] [--repeats 3]
-    # another Evaluator implementation (e.g. an older jml_jax/evaluate.py):
-    python -m tools.benchmark_eval --evaluator-module /tmp/old_evaluate.py
+    # another Evaluator implementation (e.g. an older jml_jax/evaluators.py):
+    python -m tools.benchmark_eval --evaluator-module /tmp/old_evaluators.py
 
 Prints the compile-excluded seconds per full pass over the split (median of
 --repeats) and the sentences/s. The model is text-only and random (tiny BERT,
@@ -26,14 +26,14 @@ def main() -> None:
     p.add_argument("--split", default="dev")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--eval-batch", type=int, default=64)
-    p.add_argument("--evaluator-module", default=None, help="a file defining Evaluator (default: jml_jax.evaluate)")
+    p.add_argument("--evaluator-module", default=None, help="a file defining Evaluator (default: jml_jax.evaluators)")
     args = p.parse_args()
 
     import jax
 
     from configs import text_real
     from data_pipeline import pipeline
-    from jml_jax.evaluate import EvalSplit
+    from jml_jax.evaluators import EvalSplit
     from jml_jax.experiment import build_experiment
     from jml_jax.weights import resolve_path
 
@@ -54,7 +54,7 @@ def main() -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # its dataclasses look themselves up there
         spec.loader.exec_module(module)
-        from jml_jax.evaluate import decode_config_from
+        from jml_jax.evaluators import decode_config_from
 
         evaluator = module.Evaluator(exp.model, exp.mesh, exp.shardings, decode_config_from(config))
     else:

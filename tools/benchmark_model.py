@@ -59,40 +59,20 @@ class ModelSpec:
 
 
 def make_batch(spec: ModelSpec, vocab_size: int) -> dict[str, np.ndarray]:
-    """A random training batch of the model's shapes (NumPy, [B, ...]).
+    """A random training batch of the joint model's inputs (NumPy, [B, ...]):
+    the shared synthetic batch (`jml_jax.contract.synthetic_batch`) of the
+    joint task's contract (`jml_jax.contract.joint_inputs`).
 
     Rows are padded to lengths L/2..L; two gold aspects per row, both in the
     MATE targets and the MASC span slots; images uint8 [B, 224, 224, 3].
     """
-    rng = np.random.default_rng(spec.seed)
-    b, length = spec.batch, spec.length
-    if length < 8:
-        raise ValueError(f"length must be >= 8 to hold two aspects, got {length}")
-    lengths = rng.integers(length // 2, length + 1, b)
-    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
-    ids = rng.integers(1, vocab_size, (b, length)).astype(np.int32) * mask
-    start_pos = np.zeros((b, length), np.int32)
-    end_pos = np.zeros((b, length), np.int32)
-    starts = np.zeros((b, NUM_SPANS), np.int32)
-    ends = np.zeros((b, NUM_SPANS), np.int32)
-    labels = np.zeros((b, NUM_SPANS), np.int32)
-    span_mask = np.zeros((b, NUM_SPANS), np.int32)
-    for i, n in enumerate(lengths):
-        half = int(n) // 2  # one aspect in each half, inside [CLS] ... [SEP]
-        for j, (lo, last) in enumerate(((1, half - 1), (half, int(n) - 2))):
-            s = int(rng.integers(lo, last + 1))
-            e = min(s + int(rng.integers(0, 3)), last)
-            start_pos[i, s] = end_pos[i, e] = 1
-            starts[i, j], ends[i, j], span_mask[i, j] = s, e, 1
-            labels[i, j] = int(rng.integers(1, 4))
-    batch = {
-        "input_ids": ids, "input_mask": mask, "start_positions": start_pos,
-        "end_positions": end_pos, "span_starts": starts, "span_ends": ends,
-        "polarity_labels": labels, "span_mask": span_mask,
-    }
-    if not spec.text_only:
-        batch["image"] = rng.integers(0, 256, (b, CROP, CROP, 3), dtype=np.uint8)
-    return batch
+    from jml_jax import contract
+
+    if spec.length < 8:
+        raise ValueError(f"length must be >= 8 to hold two aspects, got {spec.length}")
+    inputs = contract.joint_inputs(spec.batch, length=spec.length, spans=NUM_SPANS, train=True,
+                                   image_size=None if spec.text_only else CROP)
+    return contract.synthetic_batch(inputs, seed=spec.seed, vocab_size=vocab_size, aspects=2)
 
 
 def experiment_config(spec: ModelSpec):
@@ -252,6 +232,7 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
     import jax
 
     set_jax_matmul_precision(spec.matmul_precision)
+    from jml_jax import contract
     from jml_jax.experiment import build_experiment
     from jml_jax.models.jml import JMLModel
     from jml_jax.sharding import batch_sharding, global_batch_from_process_local
@@ -266,8 +247,7 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
     model = s.model
     vocab = model.config.bert.vocab_size
     host = make_batch(spec, vocab)
-    keys = [k for k in s.task.batch_keys if k in host] + (["image"] if "image" in host else [])
-    gbatch = global_batch_from_process_local({k: host[k] for k in keys}, s.mesh)
+    gbatch = global_batch_from_process_local(contract.take(host, s.inputs(train=True)), s.mesh)
     bsh = batch_sharding(s.mesh)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 

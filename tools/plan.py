@@ -32,7 +32,6 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from jml_jax.axes import DATA, FSDP, MESH_AXES
 from tools.hlo_stats import summarize_hlo, xla_cost
@@ -152,34 +151,6 @@ class Built:
     eval_calls_per_batch: dict[str, int]  # how often each eval fn runs per eval batch
 
 
-def batch_shapes(config, batch_size: int, *, train: bool, relation_probs: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
-    """Abstract batch as the steps read it (int32 features, uint8 images, and
-    the cached relation outputs when the task adds them: jml_jax/relation_cache.py)."""
-    length, spans = config.data.max_seq_length, config.data.max_spans
-    i32 = jnp.int32
-    out = {
-        "input_ids": ((batch_size, length), i32),
-        "input_mask": ((batch_size, length), i32),
-        "span_starts": ((batch_size, spans), i32),
-        "span_ends": ((batch_size, spans), i32),
-    }
-    if train:
-        out.update({
-            "start_positions": ((batch_size, length), i32),
-            "end_positions": ((batch_size, length), i32),
-            "polarity_labels": ((batch_size, spans), i32),
-            "span_mask": ((batch_size, spans), i32),
-        })
-    else:
-        out.update({"mask": ((batch_size,), i32), "row": ((batch_size,), i32)})
-    if config.model.use_images:
-        crop = config.data.crop_size
-        out["image"] = ((batch_size, crop, crop, 3), jnp.uint8)
-    if relation_probs:
-        out["relation_probs"] = ((batch_size, 2), jnp.float32)
-    return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in out.items()}
-
-
 def _build(config, devices, *, activation_constraints: bool = True) -> Built:
     """Builds the config's jitted train step and eval functions over ``devices``.
 
@@ -200,11 +171,10 @@ def _build(config, devices, *, activation_constraints: bool = True) -> Built:
     def with_batch_sharding(b):
         return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh) for k, v in b.items()}
 
-    cached = "relation_probs" in exp.task.batch_keys
-    train_batch = with_batch_sharding(batch_shapes(config, int(config.batch_size), train=True, relation_probs=cached))
+    # The abstract batches are the task's own statement of its inputs (jml_jax/contract.py).
+    train_batch = with_batch_sharding(exp.inputs(train=True))
     evaluator = exp.make_evaluator()
-    eval_batch = with_batch_sharding(batch_shapes(config, int(config.eval_batch_size), train=False,
-                                                  relation_probs=cached))
+    eval_batch = with_batch_sharding(exp.inputs(train=False))
     extract_args = (state.params, state.batch_stats, eval_batch)
     _, kept = jax.eval_shape(evaluator._extract, *extract_args)
     kept = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=bsh), kept)
@@ -216,7 +186,7 @@ def _build(config, devices, *, activation_constraints: bool = True) -> Built:
         eval_fns={"extract": (evaluator._extract, extract_args), "classify": (evaluator._classify, classify_args)},
         train_args=(state, train_batch),
         grad_accum_steps=int(config.optimizer.grad_accum_steps),
-        # jml_jax.evaluate.Evaluator.predict_split: one extraction (which
+        # jml_jax.evaluators.Evaluator.predict_split: one extraction (which
         # classifies the gold spans too), then the decoded spans' classification.
         eval_calls_per_batch={"extract": 1, "classify": 1},
     )

@@ -5,7 +5,7 @@
 
 RUN_A / RUN_B are training workdirs evaluated with ``python -m launch.evaluate``
 (which writes ``<workdir>/predictions/<split>_predictions.jsonl``,
-jml_jax/evaluate.py `write_predictions`) or such ``.jsonl`` files themselves.
+jml_jax/evaluators.py `write_predictions`) or such ``.jsonl`` files themselves.
 Both must hold the same sentences (matched by ``example_id``) with the same
 gold aspects.
 

@@ -73,7 +73,7 @@ class JMLConfig:
         its entry points, the frozen module's outputs computed once per
         example beforehand (jml_jax/relation_cache.py); the gate math is the
         same (§2.5).
-      relation_pad_group: stage one only (`model_factory.build_relation_model`;
+      relation_pad_group: stage one only (`build_relation_model`;
         the joint model's own relation module ignores it and sees text padded
         to L, §2.5): N > 0 gives the relation module the original's TRC text
         padding, to each batch of N rows' longest tweet, unmasked (§2.3,
@@ -138,6 +138,32 @@ class JMLConfig:
         return self.relation_bert or self.bert
 
 
+def build_relation_model(jml: JMLConfig, *, use_images: bool | None = None,
+                         pad_group: int | None = None) -> RelationModule:
+    """The relation module of ``jml``: the one builder, used by `JMLModel.setup`
+    (its ``relation`` subtree, §2.5) and by stage one (jml_jax/tasks.py
+    RelationTask, §2.2-§2.4), so stage one's weights drop into the joint model.
+
+    ``use_images`` (default ``jml.use_images``) False gives the text-only
+    module (zero image grid, no ``pre_resnet``). ``pad_group`` (default
+    ``jml.relation_pad_group``): the joint model passes 0, it feeds its module
+    text padded to L (§2.5).
+    """
+    return RelationModule(
+        bert=jml.relation_bert_config,
+        resnet_depth=jml.resnet_depth,
+        resnet_blocks=jml.resnet_blocks,
+        resnet_width=jml.resnet_width,
+        num_heads=jml.num_heads,
+        dropout_rate=jml.dropout_rate,
+        mask_text=jml.mask_attention,
+        pad_group=jml.relation_pad_group if pad_group is None else pad_group,
+        use_images=jml.use_images if use_images is None else use_images,
+        dtype=jml.compute_dtype,
+        remat=jml.remat,
+    )
+
+
 def normalize_images(images, mean=IMAGE_MEAN, std=IMAGE_STD):
     """uint8 [B, H, W, 3] -> float32 ``(x/255 - mean)/std``; float input is
     taken as already normalised and returned unchanged (§1.4)."""
@@ -166,17 +192,7 @@ class JMLModel(nn.Module):
                 bn_updates=c.main_resnet_bn_updates,
             )
         if c.use_images and c.relation_inputs == "module":
-            self.relation = RelationModule(
-                bert=c.relation_bert_config,
-                resnet_depth=c.resnet_depth,
-                resnet_blocks=c.resnet_blocks,
-                resnet_width=c.resnet_width,
-                num_heads=c.num_heads,
-                dropout_rate=c.dropout_rate,
-                mask_text=c.mask_attention,
-                dtype=dt,
-                remat=c.remat,
-            )
+            self.relation = build_relation_model(c, pad_group=0)
         self.align_res = layers.dense(c.bert.hidden_size, (IMG_EMBED, EMBED), "align_res", dt)
         self.mate = MateHead(c.num_heads, c.dropout_rate, dt)
         self.masc = MascHead(c.num_heads, c.num_polarities, c.dropout_rate, c.span_packing, dt)

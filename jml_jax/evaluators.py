@@ -1,4 +1,9 @@
-"""Evaluation of both stages: evaluators, restoring a run, scoring a checkpoint, threshold sweeps.
+"""The evaluators of both stages: a state and a split in, scores and predictions out.
+
+This is the lower layer of evaluation: the tasks (jml_jax/tasks.py) build
+these evaluators, and nothing here knows about experiments, checkpoints or
+runs; restoring a run and scoring it (training's periodic scores, checkpoint
+evaluation, threshold sweeps) is jml_jax/scoring.py.
 
 Joint model (`Evaluator`): jitted extraction -> host decoding -> jitted
 classification -> metrics. As the original (§6, §7): the MATE logits of a batch are decoded on the host
@@ -16,10 +21,11 @@ processes compute identical metrics.
 Relation module (`RelationEvaluator`): a jitted forward over the split ->
 `jml_jax.metrics.relation_metrics`.
 
-`evaluate_checkpoint` and `sweep_thresholds` restore a run's checkpoint into
-this machine's mesh (whatever mesh wrote it) and score splits with the task's
-evaluator; `validate_eval_setup` checks the selection metric and batch sizes
-before training starts, not at the first evaluation.
+Both send the devices exactly the task's evaluation inputs (jml_jax/contract.py)
+and are traced under the same logical-axis rules as the train step
+(`jml_jax.steps.tracing_context`), so the activations are laid out alike.
+`validate_eval_setup` checks the selection metric and batch sizes before
+training starts, not at the first evaluation.
 """
 
 from __future__ import annotations
@@ -28,21 +34,19 @@ import dataclasses
 import json
 import logging
 import pathlib
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
 
+from jml_jax import contract
 from jml_jax import decode as decode_lib
 from jml_jax import metrics as metrics_lib
 from jml_jax.models.jml import JMLModel
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local, process_batch_rows, replicated
-from jml_jax.steps import make_eval_step
-from jml_jax.train_state import make_finite_check
+from jml_jax.steps import make_eval_step, tracing_context
 
 log = logging.getLogger(__name__)
-
-MODEL_KEYS = ("input_ids", "input_mask")
 
 
 @dataclasses.dataclass
@@ -81,11 +85,6 @@ def _variables(params, batch_stats):
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
-# What the joint model reads in evaluation; nothing else of a batch is sent.
-EVAL_KEYS = ("input_ids", "input_mask", "span_starts", "span_ends", "mask", "row")
-OPTIONAL_EVAL_KEYS = ("image", "relation_probs")
-
-
 class Evaluator:
     """The joint model's two jitted eval functions on a mesh, and their pipeline.
 
@@ -96,12 +95,22 @@ class Evaluator:
     counted in ``transfers``), and only after the next batch's extraction has
     been dispatched, so decoding overlaps the device; the classifications are
     read together at the end (one more transfer per split).
+
+    Args:
+      inputs: the names of the task's evaluation inputs (``task.inputs(...,
+        train=False)``): exactly these entries of a batch are sent.
+      decode_config: the default span decoding (§6); `evaluate` and
+        `predict_split` take another one as an argument (threshold sweeps).
+      rules: the logical-axis rules the train step is traced with; the eval
+        functions are traced under the same ones.
     """
 
-    def __init__(self, model: JMLModel, mesh, state_shardings, decode_config: decode_lib.DecodeConfig):
+    def __init__(self, model: JMLModel, mesh, state_shardings, decode_config: decode_lib.DecodeConfig, *,
+                 inputs: Sequence[str], rules=None):
         self.model = model
         self.mesh = mesh
         self.decode_config = decode_config
+        self.inputs = tuple(inputs)
         self.transfers = 0  # device-to-host reads made by predict_split
         rep, bsh = replicated(mesh), batch_sharding(mesh)
         p_sh, s_sh = state_shardings.params, state_shardings.batch_stats
@@ -109,10 +118,12 @@ class Evaluator:
         def extract(params, batch_stats, batch):
             variables = _variables(params, batch_stats)
             extra = {"relation_probs": batch["relation_probs"]} if "relation_probs" in batch else {}
-            out = model.apply(variables, batch["input_ids"], batch["input_mask"], batch.get("image"),
-                              method=JMLModel.extract, **extra)
-            gold = model.apply(variables, out["sequence_output"], out["image_features"], batch["input_mask"],
-                               batch["span_starts"], batch["span_ends"], method=JMLModel.classify)
+            with tracing_context(mesh, rules):
+                out = model.apply(variables, batch["input_ids"], batch["input_mask"], batch.get("image"),
+                                  method=JMLModel.extract, **extra)
+                gold = model.apply(variables, out["sequence_output"], out["image_features"],
+                                   batch["input_mask"], batch["span_starts"], batch["span_ends"],
+                                   method=JMLModel.classify)
             host = {"start_logits": out["start_logits"], "end_logits": out["end_logits"],
                     "gold_polarity": gold.argmax(-1).astype(jax.numpy.int32),
                     "mask": batch["mask"], "row": batch["row"]}
@@ -126,10 +137,11 @@ class Evaluator:
 
         def classify(params, batch_stats, kept, input_mask, starts, ends):
             seq, img = kept
-            return model.apply(
-                _variables(params, batch_stats), seq, img, input_mask, starts, ends,
-                method=JMLModel.classify,
-            )
+            with tracing_context(mesh, rules):
+                return model.apply(
+                    _variables(params, batch_stats), seq, img, input_mask, starts, ends,
+                    method=JMLModel.classify,
+                )
 
         self._classify = jax.jit(
             classify, in_shardings=(p_sh, s_sh, (bsh, bsh), bsh, bsh, bsh), out_shardings=rep
@@ -143,7 +155,7 @@ class Evaluator:
         self.transfers += 1
         return jax.device_get(tree)
 
-    def _decode_and_classify(self, state, gbatch, out, split, words_all) -> dict:
+    def _decode_and_classify(self, state, gbatch, out, split, words_all, decode) -> dict:
         """Reads a batch's extraction, decodes its spans on the host and
         dispatches their classification (not waited for)."""
         host, kept = out
@@ -157,7 +169,7 @@ class Evaluator:
             host["start_logits"], host["end_logits"],
             arrays["num_tokens"][safe_rows], arrays["token_to_word"][safe_rows],
             [feats.tokens[r] for r in safe_rows], [words_all[r] for r in safe_rows],
-            self.decode_config,
+            decode,
         )
         starts = np.where(valid[:, None], decoded.span_starts, 0).astype(np.int32)
         ends = np.where(valid[:, None], decoded.span_ends, 0).astype(np.int32)
@@ -170,11 +182,14 @@ class Evaluator:
         return {"host": host, "valid": valid, "rows": rows, "decoded": decoded, "starts": starts,
                 "ends": ends, "scores": scores, "logits": logits}
 
-    def predict_split(self, state, split: EvalSplit) -> dict[str, np.ndarray]:
+    def predict_split(self, state, split: EvalSplit,
+                      decode: decode_lib.DecodeConfig | None = None) -> dict[str, np.ndarray]:
         """Runs the model over a split; returns per-row arrays in row order:
         span_starts/ends/mask [N, 20], polarity [N, 20], polarity_probs
         [N, 20, 4], span_scores [N, 20], gold_polarity [N, 20],
-        relation_probs [N, 2] (when images are on), texts (list)."""
+        relation_probs [N, 2] (when images are on), texts (list).
+        ``decode``: the span decoding (default: the evaluator's own)."""
+        decode = self.decode_config if decode is None else decode
         feats = split.features
         n = len(feats.examples)
         words_all = [[w.lower() for w in ex.words] for ex in feats.examples]
@@ -182,19 +197,19 @@ class Evaluator:
         batches = split.make_iter()
         try:
             for batch in batches:
-                keys = EVAL_KEYS + tuple(k for k in OPTIONAL_EVAL_KEYS if k in batch)
-                gbatch = global_batch_from_process_local({k: batch[k] for k in keys}, self.mesh)
+                gbatch = global_batch_from_process_local(
+                    contract.take(batch, self.inputs, "the joint model's evaluation"), self.mesh)
                 out = self._extract(state.params, state.batch_stats, gbatch)  # dispatched, not waited for
                 if pending is not None:
-                    done.append(self._decode_and_classify(state, *pending, split, words_all))
+                    done.append(self._decode_and_classify(state, *pending, split, words_all, decode))
                 pending = (gbatch, out)
         finally:
             if hasattr(batches, "close"):
                 batches.close()
         if pending is not None:
-            done.append(self._decode_and_classify(state, *pending, split, words_all))
+            done.append(self._decode_and_classify(state, *pending, split, words_all, decode))
         all_logits = self._fetch([d.pop("logits") for d in done])
-        m = self.decode_config.n_best_size
+        m = decode.n_best_size
         res = {
             "span_starts": np.zeros((n, m), np.int32), "span_ends": np.zeros((n, m), np.int32),
             "span_mask": np.zeros((n, m), np.int32), "polarity": np.zeros((n, m), np.int32),
@@ -228,9 +243,11 @@ class Evaluator:
             res["relation_probs"] = rel
         return res
 
-    def evaluate(self, state, split: EvalSplit) -> tuple[dict[str, float], dict]:
-        """Scores one split: (metrics, raw predictions of `predict_split`)."""
-        pred = self.predict_split(state, split)
+    def evaluate(self, state, split: EvalSplit,
+                 decode: decode_lib.DecodeConfig | None = None) -> tuple[dict[str, float], dict]:
+        """Scores one split: (metrics, raw predictions of `predict_split`),
+        decoded with ``decode`` (default: the evaluator's own)."""
+        pred = self.predict_split(state, split, decode)
         feats = split.features
         words = [[w.lower() for w in ex.words] for ex in feats.examples]
         gold = [[(a.start, a.end, a.polarity) for a in ex.aspects] for ex in feats.examples]
@@ -314,7 +331,7 @@ class RelationEvaluator:
     def __init__(self, task, mesh, state_shardings, rules=None):
         self.mesh = mesh
         model = task.model
-        self._keys = task.eval_keys
+        self.inputs = tuple(task.inputs(1, train=False))  # what a batch sends (jml_jax/contract.py)
 
         def forward(params, batch_stats, batch):
             variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
@@ -333,9 +350,8 @@ class RelationEvaluator:
         batches = split.make_iter()
         try:
             for batch in batches:
-                keys = self._keys + (("image",) if "image" in batch else ())
                 out = jax.device_get(self._step(state, global_batch_from_process_local(
-                    {k: batch[k] for k in keys}, self.mesh)))
+                    contract.take(batch, self.inputs, "the relation module's evaluation"), self.mesh)))
                 real = out["mask"] > 0
                 rows = out["row"][real]
                 logits[rows], labels[rows] = out["logits"][real], out["labels"][real]
@@ -347,7 +363,10 @@ class RelationEvaluator:
             raise RuntimeError(f"split {split.name!r}: {int((~seen).sum())} of {n} rows were never evaluated")
         return logits, labels
 
-    def evaluate(self, state, split: EvalSplit) -> tuple[dict[str, float], dict]:
+    def evaluate(self, state, split: EvalSplit, decode=None) -> tuple[dict[str, float], dict]:
+        """Scores one split: (`metrics.relation_metrics`, raw logits and labels)."""
+        if decode is not None:
+            raise ValueError("the relation module decodes no spans: a decode setting does not apply")
         logits, labels = self.predict(state, split)
         return metrics_lib.relation_metrics(logits, labels), {"logits": logits, "labels": labels}
 
@@ -363,18 +382,19 @@ def decode_config_from(config) -> decode_lib.DecodeConfig:
     )
 
 
-def metric_names(task_name: str) -> list[str]:
-    """Every metric an evaluation of ``task_name`` reports (computed from a
-    one-sentence case, so the list cannot drift from the metric code)."""
-    if task_name == "relation":
-        names = metrics_lib.relation_metrics(np.zeros((1, 2, 2)), np.zeros((1, 2), int))
-    else:
-        names = metrics_lib.evaluate_predictions(
-            np.zeros((1, 1), np.int32), np.zeros((1, 1), np.int32), np.zeros((1, 1), np.int32), [[]],
-            np.zeros((1, 1), np.int32), np.zeros((1, 2), np.int32), [[(0, 0, "positive")]], [["w"]],
-            gold_span_polarity_ids=[[0]])
-        names = {**names, "relation/text_represented_frac": 0.0, "relation/image_adds_frac": 0.0}
-    return sorted(names)
+def joint_metric_names() -> list[str]:
+    """Every metric `Evaluator.evaluate` reports (computed from a one-sentence
+    case, so the list cannot drift from the metric code)."""
+    names = metrics_lib.evaluate_predictions(
+        np.zeros((1, 1), np.int32), np.zeros((1, 1), np.int32), np.zeros((1, 1), np.int32), [[]],
+        np.zeros((1, 1), np.int32), np.zeros((1, 2), np.int32), [[(0, 0, "positive")]], [["w"]],
+        gold_span_polarity_ids=[[0]])
+    return sorted({**names, "relation/text_represented_frac": 0.0, "relation/image_adds_frac": 0.0})
+
+
+def relation_metric_names() -> list[str]:
+    """Every metric `RelationEvaluator.evaluate` reports."""
+    return sorted(metrics_lib.relation_metrics(np.zeros((1, 2, 2)), np.zeros((1, 2), int)))
 
 
 def validate_eval_setup(config, task, eval_splits: Mapping[str, EvalSplit], mesh) -> None:
@@ -387,7 +407,7 @@ def validate_eval_setup(config, task, eval_splits: Mapping[str, EvalSplit], mesh
         if select_split not in eval_splits:
             raise ValueError(f"select_split={select_split!r} is not among the eval splits {sorted(eval_splits)} "
                              f"(config.eval_splits)")
-        valid = metric_names(task.name)
+        valid = task.metric_names()
         if config.select_metric not in valid:
             raise ValueError(f"select_metric={config.select_metric!r} is not a metric of the {task.name} task; "
                              f"valid: {valid}")
@@ -403,89 +423,3 @@ def validate_eval_setup(config, task, eval_splits: Mapping[str, EvalSplit], mesh
     for name, split in eval_splits.items():
         if split.num_examples < 1:
             raise ValueError(f"eval split {name!r} is empty" + (f" ({split.source})" if split.source else ""))
-
-
-# --------------------------------------------------------------------------- restore and score
-
-
-def restore_for_eval(config, workdir, which="best", *, devices=None):
-    """``(experiment, state)``: the run's checkpoint ``which`` ('best', 'latest'
-    or a step) restored into this machine's mesh (``config.mesh_shape`` over
-    ``devices``), whatever mesh wrote it. Nothing is initialised."""
-    from jml_jax.checkpointing import Checkpointer
-    from jml_jax.experiment import build_experiment
-
-    exp = build_experiment(config, devices=devices)
-    select = f"{config.select_split}/{config.select_metric}" if config.get("select_split") else "epoch"
-    # create=False: a mistyped workdir is an error, not a new empty folder.
-    ckpt = Checkpointer(pathlib.Path(workdir), keep=config.keep_checkpoints, best_metric=select, create=False)
-    try:
-        if which == "best":  # the model kept by the training loop's save_best
-            variables, meta = ckpt.restore_best(exp.abstract_variables)
-            state = exp.abstract_state.replace(step=np.int32(meta["step"]), params=variables["params"],
-                                               batch_stats=variables["batch_stats"], opt_state=None, rng=None)
-        else:
-            state, _ = ckpt.restore(which, exp.abstract_state)
-    finally:
-        ckpt.close()
-    from jml_jax.checkpointing import CheckpointError
-
-    if not bool(make_finite_check(exp.mesh)((state.params, state.batch_stats))):
-        raise CheckpointError(ckpt.directory / str(int(state.step)),
-                              f"checkpoint {which!r} (step {int(state.step)}) holds non-finite parameters: "
-                              "its data files are damaged")
-    return exp, state
-
-
-def evaluate_checkpoint(config, workdir, eval_splits: Mapping[str, EvalSplit], *, which="best",
-                        predictions_dir: str | pathlib.Path | None = None, devices=None) -> dict[str, float]:
-    """Restores ``which`` ('best', 'latest' or a step) and scores every split.
-
-    Writes ``<predictions_dir>/<split>_predictions.jsonl`` (joint model) when asked.
-    """
-    exp, state = restore_for_eval(config, workdir, which, devices=devices)
-    _, eval_splits = exp.task.prepare_inputs(exp, None, eval_splits, workdir=workdir)
-    evaluator = exp.make_evaluator()
-    scores: dict[str, float] = {"step": float(int(state.step))}
-    for name, split in eval_splits.items():
-        split_scores, pred = evaluator.evaluate(state, split)
-        scores.update({f"{name}/{k}": float(v) for k, v in split_scores.items()})
-        for key in ("gold_aspects_truncated", "sentences_kept_without_gold_targets", "image_fallbacks"):
-            if split.data_counts and key in split.data_counts:
-                scores[f"{name}/data/{key}"] = float(split.data_counts[key])
-        if predictions_dir is not None and split.features is not None and jax.process_index() == 0:
-            write_predictions(pathlib.Path(predictions_dir) / f"{name}_predictions.jsonl", split, pred)
-    return scores
-
-
-def sweep_thresholds(config, workdir, eval_splits: Mapping[str, EvalSplit], thresholds, *,
-                     which="best", devices=None) -> list[dict[str, float]]:
-    """Scores one joint checkpoint at several decoding thresholds (start + end logit, §6).
-
-    The checkpoint is restored and the eval functions compiled once. Choose a
-    threshold on dev; a test score read off this sweep at the dev-chosen
-    threshold is a fair test score, the best test row is not.
-
-    Returns:
-      one dict per threshold, in the given order: ``threshold``, ``step`` and
-      ``<split>/<metric>`` for every split.
-    """
-    if not thresholds:
-        raise ValueError("sweep_thresholds needs at least one threshold")
-    exp, state = restore_for_eval(config, workdir, which, devices=devices)
-    if exp.task.name != "joint":
-        raise ValueError("threshold sweeps score span decoding: they need a joint-model config")
-    _, eval_splits = exp.task.prepare_inputs(exp, None, eval_splits, workdir=workdir)
-    evaluator = exp.make_evaluator()
-    base = evaluator.decode_config
-    rows = []
-    for threshold in thresholds:
-        evaluator.decode_config = dataclasses.replace(base, logit_threshold=float(threshold))
-        row = {"threshold": float(threshold), "step": float(int(state.step))}
-        for name, split in eval_splits.items():
-            split_scores, _ = evaluator.evaluate(state, split)
-            row.update({f"{name}/{k}": float(v) for k, v in split_scores.items()})
-        log.info("threshold %g: %s", threshold, ", ".join(
-            f"{n}/joint_orig/f1 {row[f'{n}/joint_orig/f1']:.4f}" for n in eval_splits))
-        rows.append(row)
-    return rows
