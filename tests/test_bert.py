@@ -169,6 +169,7 @@ def test_bfloat16_compute_close_to_float32_and_params_stay_float32():
     assert np.abs(np.asarray(p16, np.float32) - np.asarray(p32)).max() <= 5e-2
 
 
+@pytest.mark.long  # second tier (tests/README.md)
 def test_remat_gives_identical_outputs_and_grads():
     cfg, model, params, (ids, mask, types) = _tiny_setup()
     remat = BertModel(cfg, remat=True)

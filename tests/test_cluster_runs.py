@@ -4,7 +4,7 @@ uninterrupted run; train_seconds sums every process; damaged checkpoints are
 resumed past or, when all are damaged, never silently restarted.
 
 The uninterrupted run and the compilation cache come from
-tests/test_train_system.py (the same programs, compiled once per module).
+tests/helpers/runs.py (the same programs as test_train_system.py, compiled once per module).
 """
 
 from __future__ import annotations
@@ -19,42 +19,30 @@ import jax
 import numpy as np
 import pytest
 
-from jml_jax import train
-from jml_jax.checkpointing import CheckpointError, Checkpointer
-from jml_jax.preemption import PREEMPTED_EXIT_CODE, Preempted
-from jml_jax.summary import read_jsonl
-from test_train_system import (  # noqa: F401 (fixtures)
+from helpers.runs import (  # noqa: F401 (fixtures)
+
     TOTAL_STEPS,
-    _flat,
-    _never,
-    _restore,
+    acting_at,
     compilation_cache_dir,
+    flat,
+    never,
+    restore,
     text_config,
     text_data,
     text_run,
 )
+from jml_jax import train
+from jml_jax.checkpointing import CheckpointError, Checkpointer
+from jml_jax.preemption import PREEMPTED_EXIT_CODE, Preempted
+from jml_jax.summary import read_jsonl
+
+# The second test tier: whole runs and many compiles (tests/README.md).
+pytestmark = pytest.mark.long
 
 
 def _signalled(data: train.TrainData, at_step: int, signum=signal.SIGTERM) -> train.TrainData:
     """The same stream; this process gets ``signum`` when step ``at_step`` asks for its batch."""
-
-    def make_iter(start):
-        inner = data.make_iter(start)
-
-        def gen():
-            step = start
-            try:
-                while True:
-                    step += 1
-                    if step == at_step:
-                        os.kill(os.getpid(), signum)
-                    yield next(inner)
-            finally:
-                inner.close()
-
-        return gen()
-
-    return train.TrainData(make_iter=make_iter, num_examples=data.num_examples, data_counts=data.data_counts)
+    return acting_at(data, at_step, lambda: os.kill(os.getpid(), signum))
 
 
 def _clock(step_seconds: float):
@@ -68,7 +56,7 @@ def _losses(workdir):
 
 
 def _assert_identical(a, b, what):
-    a, b = _flat(a), _flat(b)
+    a, b = flat(a), flat(b)
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=f"{what}: {key}")
@@ -94,13 +82,13 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_bit_identical(
     with Checkpointer(workdir, create=False) as ckpt:
         assert ckpt.all_steps() == [2, 3]  # step 3, the one in flight, was saved: no step lost
     assert sorted(_losses(workdir)) == [1, 2, 3]
-    _, meta = _restore(text_config, workdir, which=3)
+    _, meta = restore(text_config, workdir, which=3)
     assert meta["train_seconds"] == 500.0  # t0, step 2's save, step 3's save
 
     summary = train.train_and_evaluate(text_config, workdir, train_data, splits)
     assert not (workdir / "preempted.json").exists()
-    full, _ = _restore(text_config, full_dir)
-    resumed, _ = _restore(text_config, workdir)
+    full, _ = restore(text_config, full_dir)
+    resumed, _ = restore(text_config, workdir)
     assert int(resumed.step) == TOTAL_STEPS
     _assert_identical(resumed, full, "resumed against uninterrupted")
     assert _losses(workdir) == _losses(full_dir)
@@ -116,8 +104,8 @@ def test_a_deleted_metadata_file_resumes_from_the_previous_step(tmp_path, text_c
     (workdir / "checkpoints" / str(TOTAL_STEPS) / "state" / "_METADATA").unlink()
     summary = train.train_and_evaluate(text_config, workdir, *text_data)
     assert (workdir / "damaged_checkpoints" / str(TOTAL_STEPS)).is_dir()
-    resumed, _ = _restore(text_config, workdir)
-    full, _ = _restore(text_config, full_dir)
+    resumed, _ = restore(text_config, workdir)
+    full, _ = restore(text_config, full_dir)
     _assert_identical(resumed.params, full.params, "params after the fallback")
     assert summary["best_scores"] == full_summary["best_scores"]
 
@@ -129,12 +117,12 @@ def test_a_run_whose_checkpoints_are_all_damaged_never_restarts_without_the_flag
     for step_dir in (workdir / "checkpoints").iterdir():
         if step_dir.name.isdigit():
             (step_dir / "state" / "_METADATA").unlink()
-    never = train.TrainData(make_iter=_never, num_examples=60)
+    no_training = train.TrainData(make_iter=never, num_examples=60)
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
-        train.train_and_evaluate(text_config, workdir, never, text_data[1])
+        train.train_and_evaluate(text_config, workdir, no_training, text_data[1])
     for _ in range(2):  # every later rerun too
         with pytest.raises(CheckpointError, match="set aside as damaged"):
-            train.train_and_evaluate(text_config, workdir, never, text_data[1])
+            train.train_and_evaluate(text_config, workdir, no_training, text_data[1])
     assert (workdir / "best").is_dir() and not (workdir / "lock.json").exists()
     summary = train.train_and_evaluate(text_config, workdir, *text_data, allow_fresh_start=True)
     assert summary["final_step"] == TOTAL_STEPS

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-import small_demo
+from helpers import small_demo
 from configs import trc_relation
 from jml_jax import contract, scoring
 from jml_jax import train as train_lib

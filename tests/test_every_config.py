@@ -26,6 +26,10 @@ from configs.demo import SAMPLE
 from jml_jax.train import train_and_evaluate
 from launch import common
 
+# The second test tier: whole runs and many compiles (tests/README.md).
+pytestmark = pytest.mark.long
+
+
 CONFIGS = ("demo", "twitter2015", "twitter2017", "trc_relation", "text_real")
 # CI runs one case per model path: the image model (paper config), the
 # text-only model, stage one with images, the real-data config. The variants

@@ -258,6 +258,7 @@ def test_mismatched_checkpoint_names_every_problem(fixture, converted):
     assert "params/masc/classifier/kernel" in message
 
 
+@pytest.mark.long  # second tier (tests/README.md)
 def test_relation_module_gets_no_gradient(fixture, converted):
     arrays, _ = fixture
     model, variables, _, _ = converted

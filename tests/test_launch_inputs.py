@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import small_demo
+from helpers.runs import with_changes
 from data_pipeline import images
 from launch import train as launch_train
 
@@ -21,14 +22,7 @@ def no_decoding(monkeypatch):
 
 
 def _config(**changes):
-    c = small_demo.small_demo_config(images=True)
-    for dotted, value in changes.items():
-        node = c
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return with_changes(small_demo.small_demo_config(images=True), **changes)
 
 
 def test_a_missing_dev_file_is_named_with_its_split_before_any_image_is_decoded(tmp_path, no_decoding):

@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from helpers import localhost_processes
 from helpers import toy_model
@@ -18,6 +19,10 @@ from jml_jax.mesh import make_mesh
 from jml_jax.sharding import batch_sharding, global_batch_from_process_local
 from jml_jax.steps import make_train_step
 from jml_jax.train_state import abstract_sharded_state, create_sharded_state
+
+# The second test tier: whole runs and many compiles (tests/README.md).
+pytestmark = pytest.mark.long
+
 
 TIMEOUT_S = 120  # the workers together; the test fails, naming the timeout, past it
 WORKER = localhost_processes.REPO_ROOT / "tests" / "helpers" / "multiprocess_worker.py"

@@ -31,6 +31,10 @@ from jml_jax.steps import make_train_step
 from jml_jax.tasks import joint_loss
 from jml_jax.train_state import abstract_sharded_state, create_sharded_state
 
+# The second test tier: whole runs and many compiles (tests/README.md).
+pytestmark = pytest.mark.long
+
+
 RTOL, ATOL = 1e-5, 1e-6  # float32, fixed
 LENGTH, SPANS, IMAGE = 24, 5, 64
 SEED = 7

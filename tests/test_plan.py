@@ -51,6 +51,7 @@ def tiny_plan():
     return plan_lib.plan(tiny_config(), "v5e:2x2", (2, 1, 2))
 
 
+@pytest.mark.long  # second tier (tests/README.md)
 def test_plan_reports_every_field(tiny_plan):
     p = json.loads(json.dumps(tiny_plan))  # JSON-ready
     missing = [f for f in FIELDS if f not in p]
@@ -77,6 +78,7 @@ def test_plan_reports_every_field(tiny_plan):
     assert set(p["eval"]) == {"extract", "classify"}
 
 
+@pytest.mark.long  # second tier (tests/README.md)
 def test_run_estimate_follows_the_schedule(tiny_plan):
     c = tiny_config()
     run = plan_lib.run_estimate(tiny_plan, c, train_examples=80, eval_examples=(20, 12))

@@ -144,6 +144,7 @@ def trained(request, tmp_path_factory):
     return config, workdir, (exp, evaluator), state
 
 
+@pytest.mark.long  # second tier (tests/README.md)
 def test_prediction_from_raw_words_equals_evaluation(trained):
     from launch import common
 

@@ -30,6 +30,10 @@ from jml_jax.train import TrainData, train_and_evaluate
 from launch import common
 from helpers.small_demo import small_demo_config
 
+# The second test tier: whole runs and many compiles (tests/README.md).
+pytestmark = pytest.mark.long
+
+
 # float32 on the CPU; the two paths run the same arithmetic, compiled in
 # different programs (XLA may fuse and order reductions differently).
 OUT_TOL = 2e-6

@@ -21,6 +21,10 @@ from jml_jax import model_factory
 from jml_jax.models.bert import BertConfig
 from jml_jax.models.jml import JMLConfig, JMLModel
 
+# The second test tier: whole runs and many compiles (tests/README.md).
+pytestmark = pytest.mark.long
+
+
 B, L, M, SIZE = 3, 12, 4, 64
 MATE_KEYS = ("start_logits", "end_logits", "sequence_output")
 

@@ -35,6 +35,10 @@ from jml_jax.train import TrainData, train_and_evaluate
 from jml_jax.weights import find_minilm_dir
 from launch import common as launch_common
 
+# The second test tier: whole runs and many compiles (tests/README.md).
+pytestmark = pytest.mark.long
+
+
 TRC_ROWS = 4471
 
 

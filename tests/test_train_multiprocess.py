@@ -26,6 +26,10 @@ from jml_jax.checkpointing import Checkpointer
 from jml_jax.summary import read_jsonl
 from launch import common
 
+# The second test tier: whole runs and many compiles (tests/README.md).
+pytestmark = pytest.mark.long
+
+
 TIMEOUT_S = 420  # both workers together; the test fails, naming the timeout, past it
 WORKER = localhost_processes.REPO_ROOT / "tests" / "helpers" / "train_worker.py"
 SELECT = "dev/joint_orig/f1"

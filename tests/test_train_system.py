@@ -29,10 +29,22 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import PartitionSpec
 
-from helpers import small_demo
+from helpers.runs import (  # noqa: F401 (fixtures)
+
+    TOTAL_STEPS,
+    acting_at,
+    compilation_cache_dir,
+    flat,
+    never,
+    restore,
+    small_demo_config,
+    text_config,
+    text_data,
+    text_run,
+    with_changes,
+)
 from jml_jax import contract, train
 from jml_jax.experiment import build_experiment
 from jml_jax.scoring import evaluate_checkpoint, sweep_thresholds
@@ -41,55 +53,27 @@ from jml_jax.sharding import global_batch_from_process_local
 from jml_jax.summary import read_jsonl
 from launch import common
 
-TOTAL_STEPS = small_demo.TOTAL_STEPS
+# The second test tier: whole runs and many compiles (tests/README.md).
+pytestmark = pytest.mark.long
+
 SELECT = "dev/joint_orig/f1"
-_CACHE_OPTIONS = {
-    "jax_compilation_cache_dir": None,
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": -1,
-}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache_dir(tmp_path_factory):
-    """JAX's persistent compilation cache, for this module only."""
-    saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
-    options = dict(_CACHE_OPTIONS, jax_compilation_cache_dir=str(tmp_path_factory.mktemp("jax_cache")))
-    for name, value in options.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()  # picks up the folder even if JAX compiled before
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
+class _Preempted(Exception):
+    """Stands for the process being stopped (SIGTERM, a lost TPU host)."""
 
 
-def small_demo_config(*, images: bool):
-    c = small_demo.small_demo_config(images=images)
-    c.keep_checkpoints = 3
-    return c
+def _interrupted(data: train.TrainData, at_step: int) -> train.TrainData:
+    """The same stream, stopping the run when step ``at_step`` asks for its batch."""
 
+    def stop():
+        raise _Preempted(f"stopped before step {at_step}")
 
-def _copy(config, **changes):
-    c = config.copy_and_resolve_references()
-    for dotted, value in changes.items():
-        node = c
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
-
-
-def _flat(tree) -> dict[str, np.ndarray]:
-    return {
-        jax.tree_util.keystr(path): np.asarray(leaf)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
-    }
+    return acting_at(data, at_step, stop)
 
 
 def _assert_trees_close(got, want, *, tol, what):
-    got, want = _flat(got), _flat(want)
+    got, want = flat(got), flat(want)
     assert got.keys() == want.keys(), what
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=tol, atol=tol, err_msg=f"{what}: {key}")
@@ -108,42 +92,6 @@ def _logged_evals(workdir) -> dict[int, dict[str, float]]:
     }
 
 
-def _restore(config, workdir, which="latest", devices=None):
-    s = build_experiment(config, num_train_steps=TOTAL_STEPS, devices=devices)
-    with Checkpointer(workdir, create=False) as ckpt:
-        return ckpt.restore(which, s.abstract_state)
-
-
-class _Preempted(Exception):
-    """Stands for the process being stopped (SIGTERM, a lost TPU host)."""
-
-
-def _interrupted(data: train.TrainData, at_step: int) -> train.TrainData:
-    """The same stream, stopping the run when step ``at_step`` asks for its batch."""
-
-    def make_iter(start):
-        inner = data.make_iter(start)
-
-        def gen():
-            step = start
-            try:
-                while True:
-                    step += 1
-                    if step == at_step:
-                        raise _Preempted(f"stopped before step {at_step}")
-                    yield next(inner)
-            finally:
-                inner.close()
-
-        return gen()
-
-    return train.TrainData(make_iter=make_iter, num_examples=data.num_examples)
-
-
-def _never(start):
-    raise AssertionError("training must not start")
-
-
 def text_run_splits(config):
     return common.eval_splits(config, ("dev", "test"))
 
@@ -152,32 +100,14 @@ def text_run_splits(config):
 
 
 @pytest.fixture(scope="module")
-def text_config():
-    return small_demo_config(images=False)
-
-
-@pytest.fixture(scope="module")
-def text_data(text_config):
-    return common.train_data(text_config), common.eval_splits(text_config, ("dev", "test"))
-
-
-@pytest.fixture(scope="module")
 def image_config():
     # Evals at steps 2 and 4 (7 steps per epoch // 3), so 'best' is a choice.
-    return _copy(small_demo_config(images=True), mesh_shape=(2, 4, 1), eval_per_epoch=3)
+    return with_changes(small_demo_config(images=True), mesh_shape=(2, 4, 1), eval_per_epoch=3)
 
 
 @pytest.fixture(scope="module")
 def image_data(image_config):
     return common.train_data(image_config), common.eval_splits(image_config, ("dev", "test"))
-
-
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory, text_config, text_data):
-    """An uninterrupted 4-step text-only run on the default (8, 1, 1) mesh."""
-    workdir = tmp_path_factory.mktemp("text_run")
-    summary = train.train_and_evaluate(text_config, workdir, *text_data)
-    return workdir, summary
 
 
 # --------------------------------------------------------------------------- 1. meshes
@@ -187,7 +117,7 @@ def text_run(tmp_path_factory, text_config, text_data):
 def module_config(image_config):
     """The image config with the relation module inside the step (model.relation_cache='off'):
     the mesh-parity tests cover the whole model, frozen relation module included."""
-    return _copy(image_config, **{"model.relation_cache": "off"})
+    return with_changes(image_config, **{"model.relation_cache": "off"})
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +139,7 @@ def _run_steps(config, parity, mesh_shape, devices=None):
     key = tuple(mesh_shape)
     if key in parity["results"]:
         return parity["results"][key]
-    cfg = _copy(config, mesh_shape=tuple(mesh_shape))
+    cfg = with_changes(config, mesh_shape=tuple(mesh_shape))
     s = build_experiment(cfg, num_train_steps=TOTAL_STEPS, devices=devices)
     state = jax.device_put(parity["initial"], s.shardings)
     step = s.make_train_step()
@@ -305,8 +235,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, text_config,
         assert ckpt.all_steps() == [2]  # checkpoint_every_steps=2; step 3 never finished
     summary = train.train_and_evaluate(text_config, workdir, train_data, splits)
 
-    full, _ = _restore(text_config, full_dir)
-    resumed, meta = _restore(text_config, workdir)
+    full, _ = restore(text_config, full_dir)
+    resumed, meta = restore(text_config, workdir)
     assert int(resumed.step) == int(full.step) == TOTAL_STEPS
     _assert_trees_close(resumed.params, full.params, tol=1e-6, what="params")
     _assert_trees_close(resumed.opt_state, full.opt_state, tol=1e-6, what="optimizer state")
@@ -380,7 +310,7 @@ def test_demo_run_best_checkpoint_reproduces_the_logged_metrics(image_run, image
 def test_checkpoint_from_eight_devices_evaluates_identically_on_one(image_run, image_run_eval, image_config,
                                                                    image_data):
     workdir, _ = image_run
-    one = _copy(image_config, mesh_shape=(1, 1, 1))
+    one = with_changes(image_config, mesh_shape=(1, 1, 1))
     for which in ("best", "latest"):
         scores = evaluate_checkpoint(one, workdir, image_data[1], which=which, devices=jax.devices()[:1])
         if which == "best":
@@ -389,7 +319,7 @@ def test_checkpoint_from_eight_devices_evaluates_identically_on_one(image_run, i
             assert scores.pop("step") == TOTAL_STEPS
             scores = {k: v for k, v in scores.items() if "/data/" not in k}  # the data counts, not logged
             assert scores == _logged_evals(workdir)[TOTAL_STEPS]
-    state, _ = _restore(one, workdir, devices=jax.devices()[:1])
+    state, _ = restore(one, workdir, devices=jax.devices()[:1])
     assert all(len(leaf.sharding.device_set) == 1 for leaf in jax.tree.leaves(state))
 
 
@@ -442,9 +372,9 @@ def test_evaluating_an_empty_workdir_raises(tmp_path, text_config, text_data):
 def test_resuming_with_another_model_names_the_mismatched_keys(tmp_path, text_config, text_run):
     workdir = tmp_path / "run"
     shutil.copytree(text_run[0], workdir)
-    other = _copy(text_config, **{"model.bert": "minilm-l6"})  # hidden 384 instead of 32, 6 layers
+    other = with_changes(text_config, **{"model.bert": "minilm-l6"})  # hidden 384 instead of 32, 6 layers
     with pytest.raises(CheckpointStructureError) as err:
-        train.train_and_evaluate(other, workdir, train.TrainData(make_iter=_never, num_examples=60),
+        train.train_and_evaluate(other, workdir, train.TrainData(make_iter=never, num_examples=60),
                                  text_run_splits(text_config))
     message = str(err.value)
     assert "does not fit the target state" in message and "wrong shape" in message
@@ -462,7 +392,7 @@ def test_a_run_with_only_partial_checkpoints_does_not_restart(tmp_path, text_con
         if step_dir.name.isdigit():
             (step_dir / COMMIT_FILE).unlink()  # as if every save had been cut short
     with pytest.raises(CheckpointError, match="only incomplete checkpoints"):
-        train.train_and_evaluate(text_config, workdir, train.TrainData(make_iter=_never, num_examples=60),
+        train.train_and_evaluate(text_config, workdir, train.TrainData(make_iter=never, num_examples=60),
                                  text_run_splits(text_config))
     with pytest.raises(CheckpointError, match="incomplete"):
         evaluate_checkpoint(text_config, workdir, {}, which=TOTAL_STEPS)
@@ -497,8 +427,8 @@ def _assert_saved_states_finite(config, workdir):
     with Checkpointer(workdir, create=False) as ckpt:
         steps = ckpt.all_steps()
     for step in steps:
-        state, _ = _restore(config, workdir, which=step)
-        for key, value in _flat({"params": state.params, "batch_stats": state.batch_stats}).items():
+        state, _ = restore(config, workdir, which=step)
+        for key, value in flat({"params": state.params, "batch_stats": state.batch_stats}).items():
             assert np.isfinite(value).all(), f"step {step}: {key} is not finite"
     return steps
 
@@ -524,7 +454,7 @@ def test_a_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, text_con
     full_dir, full_summary = text_run
     workdir = tmp_path / "run"
     shutil.copytree(full_dir, workdir)
-    state, meta = _restore(text_config, workdir, which=4)
+    state, meta = restore(text_config, workdir, which=4)
     shutil.rmtree(workdir / "checkpoints" / "4")
     with Checkpointer(workdir) as ckpt:
         ckpt.save(4, _damage(state), metadata=meta)
@@ -534,8 +464,8 @@ def test_a_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, text_con
     summary = train.train_and_evaluate(text_config, workdir, *text_data)
     assert "resuming from step 2" in caplog.text and "not finite" in caplog.text
     assert (workdir / "damaged_checkpoints" / "4").is_dir()
-    resumed, _ = _restore(text_config, workdir)
-    full, _ = _restore(text_config, full_dir)
+    resumed, _ = restore(text_config, workdir)
+    full, _ = restore(text_config, full_dir)
     _assert_trees_close(resumed.params, full.params, tol=1e-6, what="params after the fallback")
     assert summary["best_scores"] == full_summary["best_scores"]
 
@@ -548,7 +478,7 @@ def test_a_kill_during_the_first_save_restarts_afresh(tmp_path, text_config, tex
 
 
 def test_bad_selection_and_batch_settings_fail_before_training(tmp_path, text_config, text_data):
-    never = train.TrainData(make_iter=_never, num_examples=60)
+    no_training = train.TrainData(make_iter=never, num_examples=60)
     cases = [
         ({"select_metric": "joint_orig/f"}, r"select_metric='joint_orig/f' is not a metric"),
         ({"select_split": "tets"}, r"select_split='tets' is not among the eval splits"),
@@ -557,7 +487,7 @@ def test_bad_selection_and_batch_settings_fail_before_training(tmp_path, text_co
     ]
     for changes, message in cases:
         with pytest.raises(ValueError, match=message):
-            train.train_and_evaluate(_copy(text_config, **changes), tmp_path / "run", never, text_data[1])
+            train.train_and_evaluate(with_changes(text_config, **changes), tmp_path / "run", no_training, text_data[1])
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
@@ -571,7 +501,7 @@ def test_data_counts_are_saved_with_the_run(text_run):
 
 def test_nan_learning_rate_never_reaches_a_checkpoint(tmp_path, text_config, text_data):
     # Finite loss and gradients but NaN updates: the parameters go bad first.
-    config = _copy(text_config, **{"optimizer.learning_rate": math.nan, "checkpoint_every_steps": 1})
+    config = with_changes(text_config, **{"optimizer.learning_rate": math.nan, "checkpoint_every_steps": 1})
     workdir = tmp_path / "run"
     with pytest.raises(train.NonFiniteLossError, match="step 1"):
         train.train_and_evaluate(config, workdir, *text_data)

@@ -22,6 +22,10 @@ from jml_jax.models.relation import RelationModule, batch_max_positions
 from helpers.tiny_dataset import data_config, write_tiny_dataset
 from jml_jax.tasks import RelationTask
 
+# The second test tier: whole runs and many compiles (tests/README.md).
+pytestmark = pytest.mark.long
+
+
 L, GROUP = 16, 4
 LENGTHS = np.array([5, 9, 3, 7, 4, 6, 2, 6])  # groups' longest: 9 and 6
 

@@ -91,6 +91,10 @@ def experiment_config(spec: ModelSpec):
     c.data.max_seq_length = spec.length
     c.batch_size = c.eval_batch_size = spec.batch
     c.optimizer.grad_accum_steps = spec.grad_accum
+    # One device, like the PyTorch twin it is compared with: a mesh over every
+    # device would also have to divide the batch's groups among them (8 fake
+    # CPU devices cannot share 2 groups).
+    c.mesh_shape = (1, 1, 1)
     # The relation module stays inside the steps, as in the PyTorch twin (the
     # precomputed relation cache would need relation_probs in the batch).
     if "relation_cache" in c.model:
@@ -240,7 +244,7 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
 
     config = experiment_config(spec)
     t0 = time.perf_counter()
-    s = build_experiment(config, num_train_steps=spec.steps + spec.warmup + 1)
+    s = build_experiment(config, devices=jax.devices()[:1], num_train_steps=spec.steps + spec.warmup + 1)
     state = s.random_state()
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t0
@@ -260,7 +264,7 @@ def bench_flax_model(spec: ModelSpec) -> dict[str, Any]:
         return out["start_logits"], out["end_logits"], polarity
 
     results = {"framework": "flax (jit)", "device": jax.devices()[0].platform,
-               "device_kind": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+               "device_kind": jax.devices()[0].device_kind, "num_devices": 1,
                "init_s": init_s, "num_params": n_params, "matmul_precision": spec.matmul_precision,
                "accumulation": str(config.optimizer.get("accumulation", "one_pass")),
                "grad_accum": int(config.optimizer.grad_accum_steps)}
