@@ -89,6 +89,7 @@ class _Sent(Exception):
     pass
 
 
+@pytest.mark.long  # second tier (tests/README.md)
 @pytest.mark.parametrize("case", ["joint_images_cached", "relation_text_only"])
 def test_the_loop_sends_the_task_contract(case, tmp_path, monkeypatch):
     """The training loop's first global batch holds exactly the task's
@@ -141,6 +142,7 @@ def test_joint_evaluator_is_traced_with_the_activation_constraints():
     assert counts["on"][0] > counts["off"][0] and counts["on"][1] >= counts["off"][1], counts
 
 
+@pytest.mark.long  # second tier (tests/README.md)
 def test_training_and_evaluation_name_the_trc_training_set_alike(tmp_path):
     """configs/trc_relation.py:full scores the training set: training logs it
     as 'train_set/...' and launch.evaluate's evaluate_checkpoint reports the
