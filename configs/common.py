@@ -97,6 +97,27 @@ def decode_config() -> ml_collections.ConfigDict:
     return d
 
 
+def runs_config() -> ml_collections.ConfigDict:
+    """Many runs of one architecture in one program (jml_jax/population.py).
+
+    ``seeds=(1, 2, 3)`` trains three runs together, each an ordinary run
+    afterwards in ``<workdir>/runs/seed_<seed>/``; empty: one run (``seed``).
+    The other tuples are empty (every run takes the config's value) or give
+    one value per seed.
+    """
+    r = ml_collections.ConfigDict()
+    r.seeds = ()
+    r.learning_rate = ()  # optimizer.learning_rate per run
+    r.warmup_proportion = ()  # optimizer.warmup_proportion per run
+    r.weight_decay = ()  # optimizer.weight_decay per run
+    r.decode_threshold = ()  # decode.logit_threshold per run (evaluation)
+    # Size of the mesh's 'runs' axis: the devices split into this many groups,
+    # each holding seeds / axis runs (mapped over) on a mesh of mesh_shape.
+    # 0: the largest divisor of the device count that divides the runs.
+    r.axis = 0
+    return r
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # 'joint' (stage two: MATE + MASC) or 'relation' (stage one on TRC);
@@ -107,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = optimizer_config()
     c.decode = decode_config()
     c.seed = 42
+    c.runs = runs_config()
     c.batch_size = 32  # global, per optimizer step
     # Global; evaluation has no backward pass, so it takes twice the training batch.
     c.eval_batch_size = 64

@@ -24,6 +24,10 @@ DATA = "data"
 FSDP = "fsdp"
 TENSOR = "tensor"
 MESH_AXES = (DATA, FSDP, TENSOR)
+# The leading axis of a population's mesh (jml_jax/population.py): R runs of
+# one architecture trained in one program, each run's arrays on its own slice
+# of this axis; the three axes above then hold each run as they hold a single run.
+RUNS = "runs"
 # The one axis of the relation cache's own mesh (jml_jax/relation_cache.py):
 # the rows of a batch of examples, over every device.
 ROWS = "rows"

@@ -158,6 +158,8 @@ def _check_structure(path: Any, target: Any, saved_metadata: Any) -> None:
 
 def _as_bits(x: jax.Array) -> jax.Array:
     """The array's bit patterns as uint32 (floats bitcast, narrower types widened)."""
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
     if x.dtype.itemsize == 4:
         return jax.lax.bitcast_convert_type(x, jnp.uint32)
     if x.dtype.itemsize == 2:
@@ -252,6 +254,73 @@ def _restore_step(manager, step_dir: epath.Path, step: int, item: str, target: A
     return restored[item], meta
 
 
+class BestModel:
+    """``<workdir>/best``: the best model of a run (params and batch_stats, no
+    optimizer state), replaced by each better evaluation. `Checkpointer` keeps
+    one beside its checkpoints; each run of a population keeps its own in its
+    own folder (jml_jax/population.py) while the population's checkpoints
+    hold every run.
+
+    Args:
+      workdir: the run's directory.
+      create: create the folder on first save; with ``False`` a missing folder
+        is a `CheckpointError` at `restore_best`.
+    """
+
+    def __init__(self, workdir: Any, *, create: bool = True):
+        self.directory = _path(workdir) / BEST_DIR
+        self._create = create
+        self._manager = None  # created on first use
+
+    def _best_manager(self):
+        """Orbax manager of ``<workdir>/best`` (created on first use)."""
+        if self._manager is None:
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
+                                                     create=self._create),
+                item_names=(VARIABLES, METADATA),
+                item_handlers={VARIABLES: ocp.StandardCheckpointHandler(), METADATA: ocp.JsonCheckpointHandler()},
+            )
+        return self._manager
+
+    def save_best(self, step: int, variables: Mapping[str, Any], scores: Mapping[str, Any]) -> None:
+        """Keeps ``variables`` ({'params', 'batch_stats'}) as the best model so far,
+        replacing the previous best: what evaluation restores as 'best', without
+        the optimizer state a resumable checkpoint needs (asynchronous)."""
+        step = int(step)
+        meta = {"step": step, "metrics": _jsonable(dict(scores), "scores"), "fingerprint": fingerprint(variables)}
+        manager = self._best_manager()
+        if step in manager.all_steps():  # re-evaluated after a resume: replace it
+            manager.delete(step)
+        try:
+            manager.save(step, args=ocp.args.Composite(**{
+                VARIABLES: ocp.args.StandardSave(dict(variables)), METADATA: ocp.args.JsonSave(meta)}),
+                force=True)
+        except Exception as err:
+            raise CheckpointError(self.directory, f"saving the best step {step} failed: {err}") from err
+
+    def restore_best(self, target: Mapping[str, Any]) -> tuple[Any, dict]:
+        """``(variables, metadata)`` of the best model kept by `save_best`,
+        restored into ``target``'s shapes and shardings."""
+        folder = self.directory
+        manager = self._best_manager() if folder.is_dir() else None
+        step = manager.latest_step() if manager is not None else None
+        if step is None:
+            raise CheckpointError(folder, "no best model saved (no evaluation has run, or no select_split)")
+        return _restore_step(manager, folder / str(step), step, VARIABLES, dict(target))
+
+    def wait(self) -> None:
+        """Blocks until a background save has finished."""
+        if self._manager is not None:
+            self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for background saves and releases Orbax's threads."""
+        if self._manager is not None:
+            self._manager.close()
+
+
 class Checkpointer:
     """Resumable checkpoints of a `TrainState`, and the best model of the run.
 
@@ -278,8 +347,7 @@ class Checkpointer:
         self.directory = _path(workdir) / "checkpoints"
         if not create and not self.directory.is_dir():
             raise CheckpointError(self.directory, "no checkpoint directory")
-        self._best = None  # the manager of <workdir>/best, created on first use
-        self._create = create
+        self._best = BestModel(workdir, create=create)
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
             enable_async_checkpointing=async_save,
@@ -331,55 +399,23 @@ class Checkpointer:
         except Exception as err:  # Orbax raises several types; name the path.
             raise CheckpointError(self.directory / str(step), f"saving step {step} failed: {err}") from err
 
-    def _best_manager(self):
-        """Orbax manager of ``<workdir>/best`` (created on first use)."""
-        if self._best is None:
-            self._best = ocp.CheckpointManager(
-                self.directory.parent / BEST_DIR,
-                options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
-                                                     create=self._create),
-                item_names=(VARIABLES, METADATA),
-                item_handlers={VARIABLES: ocp.StandardCheckpointHandler(), METADATA: ocp.JsonCheckpointHandler()},
-            )
-        return self._best
-
     def save_best(self, step: int, variables: Mapping[str, Any], scores: Mapping[str, Any]) -> None:
-        """Keeps ``variables`` ({'params', 'batch_stats'}) as the best model so far,
-        replacing the previous best: what evaluation restores as 'best', without
-        the optimizer state a resumable checkpoint needs (asynchronous)."""
-        step = int(step)
-        meta = {"step": step, "metrics": _jsonable(dict(scores), "scores"), "fingerprint": fingerprint(variables)}
-        manager = self._best_manager()
-        if step in manager.all_steps():  # re-evaluated after a resume: replace it
-            manager.delete(step)
-        try:
-            manager.save(step, args=ocp.args.Composite(**{
-                VARIABLES: ocp.args.StandardSave(dict(variables)), METADATA: ocp.args.JsonSave(meta)}),
-                force=True)
-        except Exception as err:
-            raise CheckpointError(self.directory.parent / BEST_DIR, f"saving the best step {step} failed: {err}") from err
+        """`BestModel.save_best` of ``<workdir>/best``."""
+        self._best.save_best(step, variables, scores)
 
     def restore_best(self, target: Mapping[str, Any]) -> tuple[Any, dict]:
-        """``(variables, metadata)`` of the best model kept by `save_best`,
-        restored into ``target``'s shapes and shardings."""
-        folder = self.directory.parent / BEST_DIR
-        manager = self._best_manager() if folder.is_dir() else None
-        step = manager.latest_step() if manager is not None else None
-        if step is None:
-            raise CheckpointError(folder, "no best model saved (no evaluation has run, or no select_split)")
-        return _restore_step(manager, folder / str(step), step, VARIABLES, dict(target))
+        """`BestModel.restore_best` of ``<workdir>/best``."""
+        return self._best.restore_best(target)
 
     def wait(self) -> None:
         """Blocks until a background save has finished."""
         self._manager.wait_until_finished()
-        if self._best is not None:
-            self._best.wait_until_finished()
+        self._best.wait()
 
     def close(self) -> None:
         """Waits for background saves and releases Orbax's threads."""
         self._manager.close()
-        if self._best is not None:
-            self._best.close()
+        self._best.close()
 
     def __enter__(self) -> "Checkpointer":
         return self

@@ -18,7 +18,7 @@ through here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -26,7 +26,7 @@ import jax
 from jml_jax import optim, weights
 from jml_jax.mesh import make_mesh
 from jml_jax.sharding import batch_sharding, normalize_rules
-from jml_jax.steps import make_train_step
+from jml_jax.steps import make_train_step, train_step_body
 from jml_jax.tasks import get_task
 from jml_jax.train_state import abstract_sharded_state, create_sharded_state
 
@@ -42,6 +42,9 @@ class Experiment:
     tx: Any
     abstract_state: Any  # TrainState of ShapeDtypeStruct with shardings (a restore target)
     shardings: Any  # TrainState of NamedSharding
+    # overrides -> the optimizer with a run's own hyperparameters
+    # (`optim.make_optimizer`'s overrides; jml_jax/population.py)
+    make_tx: Callable[[Any], Any] = None
 
     @property
     def model(self):
@@ -80,19 +83,25 @@ class Experiment:
         return self.task.inputs(int(size), train=train)
 
     def make_train_step(self, *, donate: bool = True):
+        return make_train_step(self.task.loss_fn, self.tx, self.shardings, batch_sharding(self.mesh),
+                               donate=donate, **self._step_options())
+
+    def train_step_body(self):
+        """The un-jitted ``step(state, batch, tx, accept=None)`` (`jml_jax.steps.train_step_body`)."""
+        return train_step_body(self.task.loss_fn, self.shardings, batch_sharding(self.mesh),
+                               **self._step_options())
+
+    def _step_options(self) -> dict:
         opt = self.config.optimizer
-        return make_train_step(
-            self.task.loss_fn, self.tx, self.shardings, batch_sharding(self.mesh),
-            grad_accum_steps=int(opt.get("grad_accum_steps", 1)), donate=donate, rules=self.rules,
-            accumulation=opt.get("accumulation", "one_pass"), batch_size=int(self.config.batch_size),
-        )
+        return dict(grad_accum_steps=int(opt.get("grad_accum_steps", 1)), rules=self.rules,
+                    accumulation=opt.get("accumulation", "one_pass"), batch_size=int(self.config.batch_size))
 
     def make_evaluator(self):
         return self.task.make_evaluator(self.mesh, self.shardings, self.rules)
 
 
 def build_experiment(config, *, devices=None, num_train_steps: int | None = None,
-                     steps_per_epoch: int | None = None) -> Experiment:
+                     steps_per_epoch: int | None = None, mesh=None) -> Experiment:
     """Mesh, task (model, loss), optimizer, abstract state and shardings; nothing is computed.
 
     Args:
@@ -103,8 +112,12 @@ def build_experiment(config, *, devices=None, num_train_steps: int | None = None
       num_train_steps: the learning-rate schedule's length t_total (optimizer
         updates); evaluation and prediction pass None (never used then).
       steps_per_epoch: for per-epoch schedules (the relation stage's LambdaLR).
+      mesh: a mesh built already (a population's, with its ``runs`` axis:
+        the state and steps here are then one run's, replicated over it);
+        default: ``config.mesh_shape`` over ``devices``.
     """
-    mesh = make_mesh(tuple(config.mesh_shape), devices=devices)
+    if mesh is None:
+        mesh = make_mesh(tuple(config.mesh_shape), devices=devices)
     rules = normalize_rules(config.axis_rules, mesh)
     task = get_task(config)
     opt_cfg = dict(config.optimizer.to_dict())
@@ -114,6 +127,12 @@ def build_experiment(config, *, devices=None, num_train_steps: int | None = None
     if opt_cfg.get("schedule") == "relation_epoch_decay":
         opt_cfg["steps_per_epoch"] = steps_per_epoch or 1
     boxed = jax.eval_shape(task.init_fn, jax.random.PRNGKey(0))  # the one trace of the model's init
-    tx = optim.make_optimizer(opt_cfg, nn.meta.unbox(boxed["params"]), max(1, num_train_steps or 1))
+    abstract_params = nn.meta.unbox(boxed["params"])
+    t_total = max(1, num_train_steps or 1)
+    tx = optim.make_optimizer(opt_cfg, abstract_params, t_total)
     abstract_state, shardings = abstract_sharded_state(task.init_fn, tx, mesh, rules, boxed_variables=boxed)
-    return Experiment(config, task, mesh, rules, tx, abstract_state, shardings)
+
+    def make_tx(overrides):
+        return optim.make_optimizer(opt_cfg, abstract_params, t_total, overrides=overrides)
+
+    return Experiment(config, task, mesh, rules, tx, abstract_state, shardings, make_tx)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-from jml_jax.axes import MESH_AXES
+from jml_jax.axes import MESH_AXES, RUNS
 
 
 def resolve_mesh_shape(
@@ -64,13 +64,18 @@ def resolve_mesh_shape(
 def make_mesh(
     mesh_shape: Sequence[int] | Mapping[str, int],
     devices: Sequence[jax.Device] | None = None,
+    *,
+    runs: int | None = None,
 ) -> Mesh:
-    """Builds the ``('data', 'fsdp', 'tensor')`` mesh.
+    """Builds the ``('data', 'fsdp', 'tensor')`` mesh, or ``('runs', 'data', 'fsdp', 'tensor')``.
 
     Args:
-      mesh_shape: see `resolve_mesh_shape`.
+      mesh_shape: see `resolve_mesh_shape`; with ``runs`` it lays out the
+        devices of one slice of the runs axis (``len(devices) / runs``).
       devices: the devices to lay out (default: all devices of all processes,
         ``jax.devices()``). Their count must equal the mesh size.
+      runs: the size of a population's leading ``runs`` axis
+        (jml_jax/population.py); None: no such axis.
 
     Returns:
       A `jax.sharding.Mesh` whose axes are all ``AxisType.Auto``: shardings come
@@ -78,6 +83,16 @@ def make_mesh(
       propagates the rest (``jax.make_mesh`` would default to Explicit axes).
     """
     devices = list(jax.devices() if devices is None else devices)
+    if runs is not None:
+        runs = int(runs)
+        if runs < 1 or len(devices) % runs:
+            raise ValueError(
+                f"runs.axis={runs}: the runs axis must divide the {len(devices)} devices "
+                f"(choose a divisor of {len(devices)}, or 0 for the largest one that also divides the runs)"
+            )
+        shape = (runs,) + resolve_mesh_shape(mesh_shape, len(devices) // runs)
+        return jax.make_mesh(shape, (RUNS,) + MESH_AXES, axis_types=(AxisType.Auto,) * (1 + len(MESH_AXES)),
+                             devices=devices)
     shape = resolve_mesh_shape(mesh_shape, len(devices))
     # jax.make_mesh orders devices for the physical topology (ICI rings on TPU,
     # NVLink islands on GPU) and keeps each process's devices together, which

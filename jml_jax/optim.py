@@ -66,7 +66,8 @@ def _first_step_past_warmup(t_total: int, warmup: float) -> int:
     return k
 
 
-def warmup_linear_schedule(peak_lr: float, t_total: int, warmup: float = 0.1) -> optax.Schedule:
+def warmup_linear_schedule(peak_lr: float, t_total: int, warmup: float = 0.1,
+                           switch: int | None = None) -> optax.Schedule:
     """BERT's `warmup_linear` (§8) as a function of the optax update count.
 
     With x = count / t_total the rate is peak_lr * x / warmup while
@@ -81,14 +82,21 @@ def warmup_linear_schedule(peak_lr: float, t_total: int, warmup: float = 0.1) ->
       peak_lr: learning rate reached at the end of warmup.
       t_total: the schedule length in updates (> 0).
       warmup: warmup proportion of t_total (0 or negative: no warmup).
+      switch: the first count past warmup, `_first_step_past_warmup(t_total,
+        warmup)` computed by the caller; then ``peak_lr`` and ``warmup`` may
+        be traced scalars (one run of a population, jml_jax/population.py)
+        and the rates are those of the same Python floats.
 
     Returns:
       schedule(count) -> float32 scalar learning rate.
     """
     if not t_total or t_total <= 0:
         raise ValueError(f"warmup_linear_schedule needs t_total > 0, got {t_total!r}")
-    switch = _first_step_past_warmup(t_total, warmup)
-    warmup_div = warmup if warmup > 0 else 1.0  # unused branch when switch == 0
+    if switch is None:
+        switch = _first_step_past_warmup(t_total, warmup)
+        warmup_div = warmup if warmup > 0 else 1.0  # unused branch when switch == 0
+    else:
+        warmup_div = jnp.where(jnp.asarray(warmup) > 0, jnp.asarray(warmup, jnp.float32), 1.0)
 
     def schedule(count):
         count = jnp.asarray(count)
@@ -115,6 +123,12 @@ def relation_epoch_schedule(peak_lr: float, steps_per_epoch: int) -> optax.Sched
 # ----------------------------------------------------------------------------
 # BERTAdam
 # ----------------------------------------------------------------------------
+def _may_be_nonzero(x) -> bool:
+    """False only for a Python number equal to 0: a traced value (a run's own
+    weight decay in a population) keeps its transform, where 0 adds 0 * p."""
+    return not isinstance(x, (int, float)) or x != 0
+
+
 def _compute_dtype(x) -> Any:
     return jnp.promote_types(x.dtype, jnp.float32)
 
@@ -204,7 +218,7 @@ def bert_adam(
     if max_grad_norm is not None and max_grad_norm > 0:
         parts.append(clip_by_tensor_norm(max_grad_norm))
     parts.append(scale_by_bert_adam(b1, b2, eps))
-    if weight_decay:
+    if _may_be_nonzero(weight_decay):
         parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
     parts.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*parts)
@@ -287,7 +301,7 @@ def adam_l2(
     parts = []
     if max_grad_norm is not None and max_grad_norm > 0:
         parts.append(optax.clip_by_global_norm(max_grad_norm))
-    if weight_decay:
+    if _may_be_nonzero(weight_decay):
         parts.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
     parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
     parts.append(optax.scale_by_learning_rate(learning_rate))
@@ -366,7 +380,7 @@ OPTIMIZERS: dict[str, tuple[Callable, dict]] = {
 
 
 def _warmup_linear_from_config(peak, cfg, t_total):
-    return warmup_linear_schedule(peak, t_total, cfg["warmup_proportion"])
+    return warmup_linear_schedule(peak, t_total, cfg["warmup_proportion"], cfg.get("warmup_switch"))
 
 
 def _constant_from_config(peak, cfg, t_total):
@@ -406,7 +420,13 @@ def _resolve(table: Mapping[str, Any], name: Any, what: str):
         raise ValueError(f"unknown {what} {name!r}; valid: {sorted(table)}") from None
 
 
-def make_optimizer(opt_config, params, t_total: Optional[int]) -> optax.GradientTransformation:
+# What one run of a population may set for itself (jml_jax/population.py):
+# `make_optimizer`'s ``overrides``.
+RUN_OVERRIDES = ("learning_rate", "warmup_proportion", "weight_decay")
+
+
+def make_optimizer(opt_config, params, t_total: Optional[int], *,
+                   overrides: Optional[Mapping[str, Any]] = None) -> optax.GradientTransformation:
     """Builds the optimizer of a run from its config.
 
     Args:
@@ -429,6 +449,11 @@ def make_optimizer(opt_config, params, t_total: Optional[int]) -> optax.Gradient
       params: the parameter tree (or its `jax.eval_shape`); used to check the
         group names.
       t_total: schedule length in optimizer updates (needed by warmup_linear).
+      overrides: values replacing the config's `RUN_OVERRIDES` (Python floats
+        or traced scalars: one run of a population inside ``jax.vmap``), and
+        ``warmup_switch``, the host-computed first step past warmup, required
+        with a traced ``warmup_proportion``. The same numbers give the same
+        rates and updates as the config carrying them.
 
     Returns:
       An `optax.multi_transform` over the groups; frozen leaves get
@@ -443,6 +468,11 @@ def make_optimizer(opt_config, params, t_total: Optional[int]) -> optax.Gradient
         raise ValueError("optimizer config needs 'name' and 'learning_rate'")
     builder, defaults = _resolve(OPTIMIZERS, cfg["name"], "optimizer name")
     merged = {**_COMMON_DEFAULTS, **defaults, **cfg}
+    if overrides:
+        unknown = sorted(set(overrides) - set(RUN_OVERRIDES) - {"warmup_switch"})
+        if unknown:
+            raise ValueError(f"optimizer overrides {unknown}; a run may set {list(RUN_OVERRIDES)}")
+        merged.update(overrides)
     make_schedule = _resolve(SCHEDULES, merged["schedule"], "schedule")
 
     frozen = tuple(merged["frozen_prefixes"] or ())

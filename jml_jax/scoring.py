@@ -23,7 +23,7 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from jml_jax.checkpointing import Checkpointer, CheckpointError
+from jml_jax.checkpointing import BestModel, Checkpointer, CheckpointError
 from jml_jax.evaluators import EvalSplit, write_predictions
 from jml_jax.experiment import build_experiment
 from jml_jax.train_state import make_finite_check
@@ -71,7 +71,9 @@ def restore_for_eval(config, workdir, which="best", *, devices=None):
     ``devices``), whatever mesh wrote it. Nothing is initialised."""
     exp = build_experiment(config, devices=devices)
     # create=False: a mistyped workdir is an error, not a new empty folder.
-    ckpt = Checkpointer(pathlib.Path(workdir), keep=config.keep_checkpoints, create=False)
+    # 'best' needs no checkpoints/ folder: a population's run folder has only best/.
+    ckpt = (BestModel(pathlib.Path(workdir), create=False) if which == "best"
+            else Checkpointer(pathlib.Path(workdir), keep=config.keep_checkpoints, create=False))
     try:
         if which == "best":  # the model kept by the training loop's save_best
             variables, meta = ckpt.restore_best(exp.abstract_variables)

@@ -185,7 +185,33 @@ def make_train_step(
     rules: Rules | None = None,
     batch_size: int | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
-    """Builds ``train_step(state, batch) -> (new_state, metrics)``, jitted.
+    """Builds ``train_step(state, batch) -> (new_state, metrics)``, jitted:
+    `train_step_body` with ``tx``, placed by ``in_shardings``/``out_shardings``."""
+    body = train_step_body(loss_fn, state_shardings, batch_sharding, grad_accum_steps,
+                           accumulation=accumulation, rules=rules, batch_size=batch_size)
+    return jax.jit(
+        lambda state, batch: body(state, batch, tx),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated(batch_sharding.mesh)),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def train_step_body(
+    loss_fn: LossFn,
+    state_shardings: TrainState,
+    batch_sharding: NamedSharding,
+    grad_accum_steps: int = 1,
+    *,
+    accumulation: Literal["one_pass", "scan"] = "one_pass",
+    rules: Rules | None = None,
+    batch_size: int | None = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted ``step(state, batch, tx, accept=None) -> (new_state, metrics)``
+    that `make_train_step` jits, and a population's step maps over its runs
+    (jml_jax/population.py: one ``tx`` per run, built from its traced
+    hyperparameters). ``accept``: a bool scalar; False refuses the update as a
+    non-finite one is refused (a population's stopped run), None accepts.
 
     Args:
       loss_fn: ``(params, batch_stats, batch, rng, train, *, groups=1) ->
@@ -199,14 +225,14 @@ def make_train_step(
         over the whole batch (floating: means, integer: totals). A loss
         function without a ``groups`` keyword is called without it and is
         accepted only where groups is 1 (scan mode, no accumulation).
-      tx: the optimizer (its state may not mirror the params).
+      tx (an argument of the step): the optimizer (its state may not mirror the params).
       state_shardings: the `TrainState` of shardings from
         `jml_jax.train_state.create_sharded_state`.
       batch_sharding: applied to every batch leaf (`jml_jax.sharding.batch_sharding`).
       grad_accum_steps: G, the number of groups (mini-batches) of the global
         batch ``[G * m, ...]``; their losses and gradients are averaged, so a
         per-example-mean loss gives the full-batch gradient.
-      donate: donate the old state's buffers to the new one.
+      donate (`make_train_step`): donate the old state's buffers to the new one.
       accumulation: ``"one_pass"`` (default): one call of ``loss_fn`` on the
         whole batch with ``groups=G``, group g = rows g*m .. (g+1)*m - 1,
         pinned whole to the devices (`pin_groups`); the mesh's batch axes'
@@ -260,7 +286,7 @@ def make_train_step(
 
         return jax.value_and_grad(loss_of, has_aux=True)(params)
 
-    def train_step(state: TrainState, batch: Any):
+    def train_step(state: TrainState, batch: Any, tx: optax.GradientTransformation, accept=None):
         step_rng = jax.random.fold_in(state.rng, state.step)
         with tracing_context(mesh, rules):
             if one_pass:
@@ -310,8 +336,9 @@ def make_train_step(
             batch_stats=new_stats,
             opt_state=new_opt_state,
         )
-        # Keep the last good state when anything is NaN/Inf.
-        new_state = jax.tree.map(lambda n, o: jnp.where(is_finite, n, o), updated, state)
+        # Keep the last good state when anything is NaN/Inf (or the update is refused).
+        applied = is_finite if accept is None else is_finite & accept
+        new_state = jax.tree.map(lambda n, o: jnp.where(applied, n, o), updated, state)
         clash = sorted(set(aux) & set(STEP_METRICS))
         if clash:
             raise ValueError(f"loss_fn aux metrics {clash} clash with the step's own metrics")
@@ -323,12 +350,7 @@ def make_train_step(
         }
         return new_state, metrics
 
-    return jax.jit(
-        train_step,
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, replicated(mesh)),
-        donate_argnums=(0,) if donate else (),
-    )
+    return train_step
 
 
 def make_eval_step(

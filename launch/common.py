@@ -144,6 +144,8 @@ def check_inputs(config, splits=None) -> None:
     from data_pipeline.config import validate_data_config
     from jml_jax.evaluators import validate_eval_setup
     from jml_jax.experiment import build_experiment
+    from jml_jax.population import build_population
+    from jml_jax.runs import runs_spec
     from jml_jax.train import Schedule
 
     data = config.data
@@ -170,22 +172,40 @@ def check_inputs(config, splits=None) -> None:
         if config.model.get(field):
             weights.resolve_path(config.model[field], what=f"model.{field}")
     Schedule.from_config(config, int(config.batch_size))  # optimizer.t_total, batch_size
-    exp = build_experiment(config, num_train_steps=1, steps_per_epoch=1)
+    if runs_spec(config) is not None:  # runs fields, runs axis, per-run optimizer values
+        exp = build_population(config, num_train_steps=1, steps_per_epoch=1).exp
+    else:
+        exp = build_experiment(config, num_train_steps=1, steps_per_epoch=1)
     # The splits are not read yet: their sizes are checked when they are.
     unread = {name: SimpleNamespace(num_examples=1, source=None) for name in config.eval_splits}
     validate_eval_setup(config, exp.task, unread, exp.mesh)
 
 
 def train_data(config) -> TrainData:
+    """This process's share of the training stream of ``config.seed``."""
     from data_pipeline import pipeline
 
     split = pipeline.load_split(config.data, "train")
+    return _stream(config, split, config.seed, jax.process_index(), jax.process_count())
+
+
+def population_train_data(config) -> list[TrainData]:
+    """One whole training stream per run of a population (jml_jax/runs.py), each
+    in its own seed's order, over the training set read once."""
+    from data_pipeline import pipeline
+    from jml_jax.runs import runs_spec
+
+    split = pipeline.load_split(config.data, "train")
+    return [_stream(config, split, seed, 0, 1) for seed in runs_spec(config).seeds]
+
+
+def _stream(config, split, seed: int, process_index: int, process_count: int) -> TrainData:
+    from data_pipeline import pipeline
 
     def make_iter(start_step: int):
         return pipeline.make_train_iter(
             config.data, split, global_batch_size=config.batch_size,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            seed=config.seed, start_step=start_step,
+            process_index=process_index, process_count=process_count, seed=seed, start_step=start_step,
         )
 
     return TrainData(make_iter=make_iter, num_examples=split.num_examples, data_counts=split.data_counts)

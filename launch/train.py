@@ -14,6 +14,11 @@ and the process exits with status 75 (`jml_jax.preemption.PREEMPTED_EXIT_CODE`),
 and rerunning the same command resumes with nothing lost. A workdir whose
 checkpoints were all set aside as damaged is not restarted from step 0
 without ``--allow_fresh_start``.
+
+Many runs in one program: ``--config.runs.seeds=1,2,3`` (and optionally
+``runs.learning_rate``, ``runs.warmup_proportion``, ``runs.weight_decay``,
+``runs.decode_threshold``, one value per seed) trains the runs together
+(jml_jax/population.py); each is then an ordinary run in DIR/runs/seed_<seed>.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from jml_jax.population import is_population, train_population
 from jml_jax.preemption import Preempted, PreemptionWatch
 from jml_jax.train import train_and_evaluate
 from jml_jax.workdir_lock import WorkdirLock
@@ -47,6 +53,11 @@ def run(config, workdir: str, *, allow_fresh_start: bool = False) -> dict:
     # stops before decoding images; a signal then stops the run after its first step.
     with WorkdirLock(workdir), PreemptionWatch() as preemption:
         common.record_command(workdir)
+        if is_population(config):  # runs.seeds: the runs train together (jml_jax/population.py)
+            return train_population(
+                config, workdir, common.population_train_data(config),
+                common.eval_splits(config, config.eval_splits), allow_fresh_start=allow_fresh_start,
+                preemption=preemption)
         return train_and_evaluate(
             config, workdir, common.train_data(config), common.eval_splits(config, config.eval_splits),
             allow_fresh_start=allow_fresh_start, preemption=preemption)
