@@ -10,6 +10,7 @@ import jax
 from jml_jax import tasks, weights
 from jml_jax.evaluators import EvalSplit
 from jml_jax.train import TrainData
+from tools.subcommands import load_config  # noqa: F401  (launch's entry points read configs through it)
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +77,6 @@ def init_processes() -> None:
         jax.distributed.initialize(**kwargs)
     log.info("process %d of %d; %d local / %d global devices (%s)", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
-
-
-def load_config(spec: str, overrides=()):
-    """``PATH[:ARG]`` plus ``--config.FIELD=VALUE`` overrides -> the locked config,
-    parsed exactly as ``--config=`` of launch.train (ml_collections' config_flags)."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    argv = ["load_config", f"--config={spec}", *overrides]
-    values = flags.FlagValues()
-    # sys_argv: the override flags are defined from the arguments they come in.
-    config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=values,
-                                    lock_config=True, sys_argv=argv)
-    values(argv)
-    config = values.config
-    config.to_dict()  # a file that failed to load raises its error here, not at first use
-    return config
 
 
 def record_command(workdir: str) -> None:

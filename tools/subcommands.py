@@ -31,3 +31,20 @@ def run_subcommands(description: str, subcommands: Subcommands, argv: list[str] 
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = overrides
     return args.run(args)
+
+
+def load_config(spec: str, overrides=()):
+    """``PATH[:ARG]`` plus ``--config.FIELD=VALUE`` overrides -> the locked config,
+    parsed exactly as ``--config=`` of launch.train (ml_collections' config_flags)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["load_config", f"--config={spec}", *overrides]
+    values = flags.FlagValues()
+    # sys_argv: the override flags are defined from the arguments they come in.
+    config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    values(argv)
+    config = values.config
+    config.to_dict()  # a file that failed to load raises its error here, not at first use
+    return config
