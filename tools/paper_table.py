@@ -1,19 +1,34 @@
 """The paper's tables from finished runs, in the paper's layout (docs/paper.md).
 
     python -m tools.paper_table --table 7 --root WORKROOT [--seeds 42 43 44] [--out FILE]
-    python -m tools.paper_table --table 7 --root WORKROOT --seeds 42 --plan
+    python -m tools.paper_table --table 7 --root WORKROOT --seeds 42 43 44 --plan
 
-``--plan`` prints the runs a table needs, one per line, tab-separated:
-``workdir``, ``--config`` value, extra flags (what ``scripts/paper_table.sh``
-runs, stage one first). Without it, the table is rendered in Markdown from
-each run's ``summary.json`` (written by ``jml_jax/train.py`` when a run
-ends): test scores at the best dev step (dev ``joint_orig/f1`` selects, §7.4),
-in %, the mean over the seeds that have finished (± sample standard deviation
-when there are several), each beside the paper's published number. Runs not
-finished yet show as "…" and are listed under the table.
+A row of a table (one dataset x one variant) trains its seeds as one
+population (``--config.runs.seeds=42,43,44``, jml_jax/population.py): one
+program in the row's folder ``WORKROOT/<dataset>_<variant or full>``, each
+seed's run afterwards an ordinary run folder
+``WORKROOT/<dataset>_<variant or full>/runs/seed_<seed>`` (`run_dir`, the one
+owner of the layout). Stage one stays a single run in ``WORKROOT/trc_relation``.
 
-The grids (one owner: `GRIDS`; run folders are shared, so Table 3's JML runs
-serve Tables 5, 6 and 7 too):
+``--plan`` prints what a table needs, one line per row, stage one first,
+tab-separated: the row's workdir, its ``--config`` value, extra flags, its
+seeds (comma-separated, the ``--config.runs.seeds`` value; empty for stage
+one), then the run folder of each seed, one column each, in the seeds' order
+(what ``scripts/paper_table.sh`` trains and evaluates). It refuses a row whose
+folder already holds a population of other seeds. Without ``--plan``, the
+table is rendered in Markdown from each run's ``summary.json`` (written for
+every run when its population ends): test scores at the best dev step (dev
+``joint_orig/f1`` selects, §7.4), in %, the mean over the seeds that have
+finished (± sample standard deviation when there are several), each beside
+the paper's published number. Runs not finished yet show as "…" and are listed
+under the table; a run its population stopped (non-finite loss) is left out
+of the mean and listed too.
+
+The grids (one owner: `GRIDS`; row folders are shared, so Table 3's JML rows
+serve Tables 5, 6 and 7 too). The rows of a grid differ in architecture
+switches (config variants), so each row is its own population; rows that
+differed only in per-run numeric fields (jml_jax/runs.py `PER_RUN_FIELDS`)
+could share one, but no table of the paper has such rows:
 
   3  joint F1 / P / R on Twitter-2015 and -2017: JML (soft gate), JML (hard)
   4  TRC relation classification F1 (stage one; test split of the 80/20 split)
@@ -77,25 +92,80 @@ TABLE4_PAPER = 89.8  # JML's TRC F1 (Table 4)
 TABLES = (3, 4, 5, 6, 7)
 
 
-def run_name(dataset: str, variant: str, seed: int) -> str:
-    return f"{dataset}_{variant or 'full'}_s{seed}"
+# A population's runs live in <row>/RUNS_DIR/seed_<seed> (jml_jax/population.py
+# RUNS_DIR, jml_jax/runs.py RunsSpec.name; tests/test_paper_table.py checks both).
+RUNS_DIR = "runs"
 
 
-def plan(table: int, root: str | pathlib.Path, seeds: Sequence[int]) -> list[tuple[str, str, str]]:
-    """(workdir, --config value, extra flags) of every run ``table`` needs, stage one first."""
+def row_name(dataset: str, variant: str) -> str:
+    return f"{dataset}_{variant or 'full'}"
+
+
+def row_dir(root: str | pathlib.Path, dataset: str, variant: str) -> pathlib.Path:
+    """The folder of a row's population (its checkpoints and summary.json)."""
+    return pathlib.Path(root) / row_name(dataset, variant)
+
+
+def run_dir(root: str | pathlib.Path, dataset: str, variant: str, seed: int) -> pathlib.Path:
+    """The ordinary run folder of one seed of a row (what `launch.evaluate` reads)."""
+    return row_dir(root, dataset, variant) / RUNS_DIR / f"seed_{int(seed)}"
+
+
+def _rows(table: int) -> list[tuple[str, str]]:
+    """(dataset, variant) of every stage-two row ``table`` needs."""
+    if table == 4:
+        return []
+    _, rows, _, _ = GRIDS[table]
+    return [(dataset, variant) for dataset in DATASETS for _, variant in rows]
+
+
+def plan(table: int, root: str | pathlib.Path, seeds: Sequence[int]) -> list[tuple[str, ...]]:
+    """(workdir, --config value, extra flags, seeds, run folder of each seed...)
+    of every row ``table`` needs, stage one first (a single run: no seeds, no
+    run folders)."""
     root = pathlib.Path(root)
     stage_one = root / STAGE_ONE
-    runs = [(str(stage_one), "configs/trc_relation.py", "")]
-    if table == 4:
-        return runs
-    _, rows, _, _ = GRIDS[table]
-    for dataset in DATASETS:
-        for _, variant in rows:
-            for seed in seeds:
-                config = f"configs/{dataset}.py" + (f":{variant}" if variant else "")
-                extra = f"--config.seed={seed} --config.model.relation_init={stage_one / 'relation'}"
-                runs.append((str(root / run_name(dataset, variant, seed)), config, extra))
+    runs: list[tuple[str, ...]] = [(str(stage_one), "configs/trc_relation.py", "", "")]
+    for dataset, variant in _rows(table):
+        config = f"configs/{dataset}.py" + (f":{variant}" if variant else "")
+        extra = f"--config.model.relation_init={stage_one / 'relation'}"
+        runs.append((str(row_dir(root, dataset, variant)), config, extra, ",".join(str(int(s)) for s in seeds),
+                     *(str(run_dir(root, dataset, variant, s)) for s in seeds)))
     return runs
+
+
+def _held_seeds(folder: pathlib.Path) -> list[int] | None:
+    """The seeds of the population a row folder holds (finished: its
+    summary.json; started: its config.json), or None if it holds none."""
+    summary = read_summary(folder)
+    if summary is not None:
+        return [int(s) for s in summary.get("seeds") or ()]
+    config = folder / "config.json"
+    if config.exists():
+        seeds = (json.loads(config.read_text()).get("runs") or {}).get("seeds")
+        return [int(s) for s in seeds or ()]
+    return None
+
+
+def check_rows(table: int, root: str | pathlib.Path, seeds: Sequence[int]) -> None:
+    """Raises ValueError naming the first row whose folder holds a population
+    of other seeds: a population's checkpoints hold all its runs, so it can
+    neither resume with other seeds nor grow. Also refuses a seed given twice."""
+    seeds = [int(s) for s in seeds]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"seed(s) {twice} given twice: each run of a row needs its own seed")
+    for dataset, variant in _rows(table):
+        folder = row_dir(root, dataset, variant)
+        held = _held_seeds(folder)
+        if held is None or held == seeds:
+            continue
+        if not held:
+            raise ValueError(f"{folder} holds a single run, not a population of seeds {seeds}: "
+                             "move it aside or use another WORKROOT")
+        raise ValueError(
+            f"{folder} holds the population of seeds {held}, not {seeds}: rerun with "
+            f"SEEDS=\"{' '.join(map(str, held))}\" (--seeds {' '.join(map(str, held))}) or use another WORKROOT")
 
 
 def read_summary(workdir: str | pathlib.Path) -> dict | None:
@@ -113,21 +183,27 @@ def _cell(values: Sequence[float]) -> str:
 
 
 def _scores(root: pathlib.Path, dataset: str, variant: str, seeds: Sequence[int], key: str,
-            missing: list[str]) -> list[float]:
+            missing: list[str], stopped: list[str]) -> list[float]:
     values = []
     for seed in seeds:
-        name = run_name(dataset, variant, seed)
-        summary = read_summary(root / name)
+        folder = run_dir(root, dataset, variant, seed)
+        name = str(folder.relative_to(root))
+        summary = read_summary(folder)
         if summary is None:
             if name not in missing:
                 missing.append(name)
             continue
+        if summary.get("stopped"):  # its population stopped it: non-finite loss or gradients
+            name = f"{name} (step {summary['stopped'].get('step')})"
+            if name not in stopped:
+                stopped.append(name)
+            continue
         value = (summary.get("best_scores") or {}).get(f"test/{key}")
         if value is None:
-            raise KeyError(f"{root / name}/summary.json has no test/{key} at its best dev step: "
+            raise KeyError(f"{folder}/summary.json has no test/{key} at its best dev step: "
                            "the run must score test (config.eval_splits has 'test')")
         if not math.isfinite(value):
-            raise ValueError(f"{root / name}: test/{key} is {value}")
+            raise ValueError(f"{folder}: test/{key} is {value}")
         values.append(float(value))
     return values
 
@@ -136,6 +212,7 @@ def render(table: int, root: str | pathlib.Path, seeds: Sequence[int]) -> str:
     """The Markdown table of ``table`` from the runs under ``root``."""
     root = pathlib.Path(root)
     missing: list[str] = []
+    stopped: list[str] = []
     if table == 4:
         summary = read_summary(root / STAGE_ONE)
         lines = ["Table 4: text-image relation classification on the TRC test split (%)", "",
@@ -155,7 +232,7 @@ def render(table: int, root: str | pathlib.Path, seeds: Sequence[int]) -> str:
         lines = [title, "", header, "|---|" + "---:|" * (len(DATASETS) * len(columns))]
         for label, variant in rows:
             published = [f"{v:.1f}" for d in DATASETS for v in paper[label][d]]
-            ours = [_cell(_scores(root, d, variant, seeds, key, missing)) for d in DATASETS for _, key in columns]
+            ours = [_cell(_scores(root, d, variant, seeds, key, missing, stopped)) for d in DATASETS for _, key in columns]
             lines.append(f"| {label} (paper) | " + " | ".join(published) + " |")
             lines.append(f"| {label} (this run) | " + " | ".join(ours) + " |")
     lines.append("")
@@ -164,6 +241,8 @@ def render(table: int, root: str | pathlib.Path, seeds: Sequence[int]) -> str:
                  + "; test scores at the best dev step, mean ± sample std over finished seeds.")
     if missing:
         lines.append(f"Not finished (no summary.json): {', '.join(missing)}.")
+    if stopped:
+        lines.append(f"Stopped by a non-finite loss, left out of the mean: {', '.join(stopped)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -172,10 +251,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--table", type=int, choices=TABLES, required=True)
     parser.add_argument("--root", required=True, help="folder holding the table's run folders")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
-    parser.add_argument("--plan", action="store_true", help="print the runs, tab-separated, and exit")
+    parser.add_argument("--plan", action="store_true", help="print the rows to train, tab-separated, and exit")
     parser.add_argument("--out", help="also write the Markdown table to this file")
     args = parser.parse_args(argv)
     if args.plan:
+        try:
+            check_rows(args.table, args.root, args.seeds)
+        except ValueError as e:
+            print(f"paper_table: {e}", file=sys.stderr)
+            return 1
         for row in plan(args.table, args.root, args.seeds):
             print("\t".join(row))
         return 0
