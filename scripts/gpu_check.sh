@@ -3,6 +3,8 @@
 #   1. environment: nvidia-smi, Python and package versions, JAX devices
 #   2. the paper-preset JAX train and eval steps in bfloat16 (bert-base, ResNet-152,
 #      batch 32 in the config's 8 accumulation groups, length 96), with MFU
+#   2b. many runs in one program: the paper model (bf16) alone and 4 runs together
+#      on the one GPU (python -m tools.benchmark_population), examples/s and memory
 #   3. the PyTorch eager twin of the same step (same spec, bf16 autocast)
 #   4. float32 rows with TF32 set explicitly on both sides (JAX, then PyTorch)
 #   5. a short real text-only training run at bert-base shape (random init,
@@ -27,7 +29,7 @@ OUTDIR=""
 for arg in "$@"; do
   case "$arg" in
     --cpu-smoke) SMOKE=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) OUTDIR=$arg ;;
   esac
 done
@@ -48,12 +50,14 @@ if [ "$SMOKE" = 1 ]; then
   F32_SIZES=("${SIZES[@]}")
   TRAIN_OVERRIDES=(--config.model.bert=tiny --config.model.bert_vocab_size=30522
                    --config.data.max_seq_length=32 --config.batch_size=8 --config.eval_batch_size=32)
-  LIMITS=(env=60 jax_bf16=400 torch_bf16=200 f32=500 train=500 compile=400)
+  LIMITS=(env=60 jax_bf16=400 torch_bf16=200 f32=500 train=500 population=500 compile=400)
+  POPULATION=(--config configs/demo.py:text_only --runs 2 --steps 1 --warmup 1)
 else
   SIZES=(--preset paper --steps 10 --warmup 2)
   F32_SIZES=(--preset paper --steps 5 --warmup 1)
   TRAIN_OVERRIDES=(--config.model.bert=bert-base)
-  LIMITS=(env=30 jax_bf16=110 torch_bf16=60 f32=100 train=100 compile=120)
+  LIMITS=(env=30 jax_bf16=110 torch_bf16=60 f32=100 train=100 population=150 compile=120)
+  POPULATION=(--config configs/twitter2015.py:bf16 --runs 4 --steps 5 --warmup 2)
 fi
 limit_of() { local kv; for kv in "${LIMITS[@]}"; do [ "${kv%%=*}" = "$1" ] && echo "${kv#*=}"; done; }
 left() { echo $(( TOTAL_S - ($(date +%s) - START) )); }
@@ -141,6 +145,8 @@ echo "gpu_check: mode $([ "$SMOKE" = 1 ] && echo 'cpu-smoke' || echo gpu), outpu
 part env environment
 part jax_bf16 "$PY" -m launch.benchmark model "${SIZES[@]}" --dtype bfloat16 --skip-torch \
   --json "$OUTDIR/jax_bf16.json"
+# Second: the population row is what no accelerator has measured yet.
+part population "$PY" -m tools.benchmark_population "${POPULATION[@]}" --json "$OUTDIR/population.json"
 if [ -f "$OUTDIR/jax_bf16.json" ]; then
   part torch_bf16 "$PY" -m launch.benchmark model "${SIZES[@]}" --dtype bfloat16 \
     --jax-result "$OUTDIR/jax_bf16.json" --json "$OUTDIR/torch_bf16.json"

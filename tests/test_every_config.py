@@ -106,3 +106,34 @@ def test_config_variant_trains_a_step_and_evaluates(name, arg, tmp_path, monkeyp
     else:
         assert scores and summary["best_step"] is None
     assert (tmp_path / "run" / "checkpoints" / "1").is_dir()
+
+
+# The runs path (jml_jax/population.py): one config per model path, two runs in
+# one program; the image model's case is in the slow set.
+RUNS_CASES = (pytest.param("demo", "text_only", id="demo:text_only"),
+              pytest.param("twitter2015", "", id="twitter2015:default", marks=pytest.mark.slow))
+
+
+@pytest.mark.parametrize("name,arg", RUNS_CASES)
+def test_config_population_trains_a_step_and_evaluates(name, arg, tmp_path):
+    from jml_jax.population import train_population
+
+    config = importlib.import_module(f"configs.{name}").get_config(arg or None)
+    _shrink(config)
+    config.runs.seeds = (3, 4)
+    config.runs.learning_rate = (1e-5, 2e-5)
+    config.lock()
+    common.resolve_config_paths(config)
+    common.check_inputs(config)
+    summary = train_population(config, tmp_path / "run", common.population_train_data(config),
+                               common.eval_splits(config, config.eval_splits), devices=jax.devices()[:1])
+    assert list(summary["runs"]) == ["seed_3", "seed_4"]
+    for name_, run in summary["runs"].items():
+        folder = tmp_path / "run" / "runs" / name_
+        assert run["total_steps"] == run["final_step"] == 1 and "stopped" not in run
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["train/loss"] for r in records if "train/loss" in r]
+        assert len(losses) == 1 and math.isfinite(losses[0])
+        assert f"{config.select_split}/{config.select_metric}" in run["final_scores"] and run["best_step"] == 1
+        assert (folder / "best").is_dir() and (folder / "config.json").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "1").is_dir()

@@ -9,7 +9,7 @@ with blocks (1,1,1,1) and width 8, batch 8, with images) on one device:
 * together: the population's step (`jml_jax.population.Population.make_train_step`)
   of R runs (seeds 1..R) mapped over on the one device.
 
-Each program is compiled once, warmed up, then timed over ``--steps`` steps of
+Weights are random (no pretrained file is read). Each program is compiled once, warmed up, then timed over ``--steps`` steps of
 synthetic batches of the task's inputs (`jml_jax.contract.synthetic_batch`).
 Memory is XLA's plan for the compiled step (``memory_analysis``: arguments +
 outputs + temporaries - donated aliases), the same on every run of it.
@@ -108,7 +108,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    config = load_config(args.config, args.override)
+    config = load_config(args.config, args.override).unlocked()
+    for field in ("bert_init", "resnet_init", "relation_init", "original_checkpoint"):
+        config.model[field] = None  # random weights: the speed does not depend on their values
     device = jax.devices()[0]
     print(f"{args.config} on one {device.platform} device ({device.device_kind}); batch {config.batch_size} "
           f"per run; {args.steps} timed steps after {args.warmup}", flush=True)
