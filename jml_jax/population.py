@@ -300,7 +300,9 @@ def train_population(config, workdir: str | pathlib.Path, train_datas: Sequence[
     """Trains the config's runs together (``train_datas[r]``: run r's stream, of
     its seed); returns ``{'runs': {name: summary}, ...}`` (also
     ``workdir/summary.json``), each summary as `jml_jax.train.train_and_evaluate`
-    writes it, plus ``stopped`` ({step, reason}) for a run that went non-finite.
+    writes it except that ``train_seconds`` is the run's share (the program's
+    time / R), plus ``population`` ({workdir, runs, train_seconds}) and
+    ``stopped`` ({step, reason}) for a run that went non-finite.
 
     Raises `WorkdirLockedError` when another live run holds ``workdir``,
     `Preempted` after saving the current step on SIGTERM/SIGINT, and
@@ -471,7 +473,10 @@ def _train_population(config, workdir: pathlib.Path, train_datas, eval_splits, *
             "best_value": run.best["value"] if run.best["step"] is not None else None,
             "best_scores": run.best["scores"], "final_step": int(steps[r]), "final_scores": run.last["scores"],
             "total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
-            "train_seconds": seconds, **run.exported, "data_counts": _data_counts(train_datas[r], eval_splits),
+            # This run's share of the program's time, so per-run times and their sums stay true.
+            "train_seconds": round(seconds / spec.count, 1), **run.exported,
+            "data_counts": _data_counts(train_datas[r], eval_splits),
+            "population": {"workdir": str(workdir), "runs": spec.count, "train_seconds": seconds},
         }
         if run.stopped is not None:
             summary["stopped"] = run.stopped
@@ -486,13 +491,15 @@ def _train_population(config, workdir: pathlib.Path, train_datas, eval_splits, *
 
 
 def _share_records(workdir: pathlib.Path, runs: Sequence[_Run]) -> None:
-    """Files the task wrote into the population's folder for its checkpoints
-    (the relation cache's record of its module) go into every run's folder,
-    which `launch.evaluate` checks as any run's."""
-    source = workdir / FINGERPRINT_FILE
-    if source.exists() and jax.process_index() == 0:
-        for run in runs:
-            shutil.copyfile(source, run.dir / FINGERPRINT_FILE)
+    """Records of the population's folder that are every run's: the relation
+    cache's record of its module (which `launch.evaluate` checks as any run's)
+    and the commands that trained it (command.txt, read by `tools.report`)."""
+    if jax.process_index() != 0:
+        return
+    for name in (FINGERPRINT_FILE, "command.txt"):
+        if (workdir / name).exists():
+            for run in runs:
+                shutil.copyfile(workdir / name, run.dir / name)
 
 
 def is_population(config) -> bool:
