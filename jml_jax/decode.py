@@ -117,6 +117,10 @@ def top_k_indexes(logits, k: int) -> np.ndarray:
     return order[..., :k].astype(np.int32)
 
 
+class NaNLogitsError(ValueError):
+    """The model's logits hold NaN: nothing can be ranked (a diverged model)."""
+
+
 def _as_logits(name: str, a) -> np.ndarray:
     """Logits as a NumPy float array (float16/32/64 kept; ints, bfloat16 widened exactly)."""
     x = np.asarray(a)
@@ -131,7 +135,7 @@ def _as_logits(name: str, a) -> np.ndarray:
         raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
     if np.isnan(x).any():
         rows = np.unique(np.nonzero(np.isnan(x.reshape(-1, x.shape[-1])))[0]).tolist()
-        raise ValueError(f"{name} contain NaN (rows {rows[:10]}); cannot rank positions")
+        raise NaNLogitsError(f"{name} contain NaN (rows {rows[:10]}); cannot rank positions")
     return x
 
 

@@ -56,6 +56,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jml_jax import contract, optim, weights
 from jml_jax.axes import DATA, FSDP, RUNS
 from jml_jax.checkpointing import BestModel, Checkpointer
+from jml_jax.decode import NaNLogitsError
 from jml_jax.evaluators import EvalSplit, decode_config_from, validate_eval_setup
 from jml_jax.experiment import Experiment, build_experiment
 from jml_jax.mesh import describe_mesh, make_mesh
@@ -63,7 +64,7 @@ from jml_jax.preemption import Preempted, PreemptionWatch, clear_preempted, mark
 from jml_jax.progress import Progress
 from jml_jax.relation_cache import FINGERPRINT_FILE
 from jml_jax.runs import RunsSpec, run_config, runs_axis, runs_spec
-from jml_jax.scoring import score_key, score_splits
+from jml_jax.scoring import score_splits
 from jml_jax.summary import MetricWriter
 from jml_jax.train import (NonFiniteLossError, Schedule, TrainData, _data_counts, _eval_line,
                            _select_key, _write_data_counts)
@@ -372,6 +373,11 @@ def _train_population(config, workdir: pathlib.Path, train_datas, eval_splits, *
     def alive_runs():
         return [r for r, run in enumerate(runs) if run.stopped is None]
 
+    def raise_if_all_stopped():
+        if not alive_runs():
+            raise NonFiniteLossError("every run of the population stopped: " + "; ".join(
+                f"{run.name} at step {run.stopped['step']} ({run.stopped['reason']})" for run in runs))
+
     def flush():
         nonlocal pending
         items, pending = pending, []
@@ -387,9 +393,7 @@ def _train_population(config, workdir: pathlib.Path, train_datas, eval_splits, *
                 if step % config.log_every_steps == 0 or step == schedule.total_steps:
                     runs[r].writer.write_scalars(
                         step, {f"train/{k}": float(np.asarray(v)[r]) for k, v in metrics.items()})
-        if not alive_runs():
-            raise NonFiniteLossError("every run of the population stopped: " + "; ".join(
-                f"{run.name} at step {run.stopped['step']}" for run in runs))
+        raise_if_all_stopped()
         last = host[-1]
         progress.update(items[-1][0], loss=float(np.mean([np.asarray(last["loss"])[r] for r in alive_runs()])))
 
@@ -401,10 +405,9 @@ def _train_population(config, workdir: pathlib.Path, train_datas, eval_splits, *
             runs[r].stop(step, f"the parameters are not finite after step {step} although its loss and "
                                "gradients were (an optimizer setting such as the learning rate?)")
         if bad:
-            alive = np.array([run.stopped is None for run in runs])
-            state = state.replace(alive=jax.device_put(alive, pop.shardings.alive))
-            if not alive.any():
-                raise NonFiniteLossError("every run of the population stopped")
+            state = state.replace(alive=jax.device_put(np.array([run.stopped is None for run in runs]),
+                                                       pop.shardings.alive))
+            raise_if_all_stopped()
 
     def save(step, **kwargs):
         check_finite(step)
@@ -429,7 +432,13 @@ def _train_population(config, workdir: pathlib.Path, train_datas, eval_splits, *
                 for r in alive_runs():
                     run = runs[r]
                     one = run_state(state, np.int32(r))
-                    scores = score_splits(evaluator, one, eval_splits, decode=decodes[r])
+                    try:
+                        scores = score_splits(evaluator, one, eval_splits, decode=decodes[r])
+                    except NaNLogitsError as err:  # finite but diverged weights: this run stops
+                        run.stop(step, f"its evaluation at step {step} gave NaN logits ({err})")
+                        state = state.replace(alive=jax.device_put(
+                            np.array([x.stopped is None for x in runs]), pop.shardings.alive))
+                        continue
                     run.writer.write_scalars(step, {**scores, "epoch": step / schedule.steps_per_epoch})
                     run.last = {"step": step, "scores": scores}
                     if select is not None and scores[select] > run.best["value"]:
@@ -438,6 +447,7 @@ def _train_population(config, workdir: pathlib.Path, train_datas, eval_splits, *
                                                  scores)
                         run.exported.update(task.export(run.dir, one, event="best"))
                     progress.note(f"{run.name}: " + _eval_line(step, schedule, scores, select, run.best))
+                raise_if_all_stopped()
             if step % config.checkpoint_every_steps == 0:
                 save(step)
             if preemption.should_stop(step):

@@ -21,7 +21,6 @@ outputs + temporaries - donated aliases), the same on every run of it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import time
