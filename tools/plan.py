@@ -43,10 +43,11 @@ from tools.hlo_stats import phase_costs, summarize_hlo, xla_cost
 # Chips: published per-chip peak bf16 compute, HBM capacity, HBM bandwidth and
 # inter-chip interconnect (ICI) bandwidth. GB in Google's tables is read as
 # 10^9 bytes (the smaller reading: `fits` errs on the safe side); v4's table
-# says GiB. ICI: the per-chip "Interchip Interconnect BW" of each chip's page,
-# in Gbps, divided by 8 (the same pages now also state a "bidirectional ICI
-# bandwidth (per chip)" of twice that in GBps, e.g. v5e 400 GBps = 2 x 1600
-# Gbps / 8: the figure used here is the one-way one). The v4 page gives no
+# says GiB. ICI: the published per-chip "Interchip Interconnect BW" of each
+# chip's page, in Gbps, divided by 8 (the same pages now also state a
+# "bidirectional ICI bandwidth (per chip)" of twice that in GBps, e.g. v5e
+# 400 GBps = 2 x 1600 Gbps / 8; the smaller figure is used, as if a collective's
+# bytes went one way). The v4 page gives no
 # per-chip ICI figure: v4's 2400 Gbps is the published per-chip figure from
 # Google's v5p announcement (which compares v5p's 4800 Gbps with it), not
 # confirmed against a Cloud TPU docs page.
@@ -567,8 +568,9 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
         "roofline: max(FLOPs / peak bf16 FLOP/s, bytes accessed / HBM bandwidth, collective bytes /",
         "ICI bandwidth) per chip, from the chips' published specifications (`tools.plan.CHIPS`,",
         "sources below): the bound names the largest term. Collective bytes are the results of every",
-        "collective of the step (every array of a combined one) over the chip's one-way per-chip",
-        "interconnect bandwidth, a first-order term (no collective algorithm, no link topology). The",
+        "collective of the step (every array of a combined one) over the chip's published per-chip",
+        "\"Interchip Interconnect BW\" (the pages' \"bidirectional ICI bandwidth\" is twice it), a",
+        "first-order term (no collective algorithm, no link topology). The",
         "max takes compute, HBM traffic and collectives to overlap perfectly; host input and decoding",
         "are not in the roofline, so real steps are slower.",
         "",
@@ -590,12 +592,16 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
+    old_rows = False
     for p in rows:
         mesh = ",".join(str(v) for v in (p.get("mesh") or {}).values()) or "config"
         if "error" in p:
             lines.append(f"| {p['topology']} | | {mesh} | refused: see note | | | | | | | | | |")
             notes.append(f"- {p['topology']} mesh {mesh}: {p['error']}")
             continue
+        stale = "" if "bytes_split" in p else " (*)"
+        if stale:
+            old_rows = True
         run = run_estimate(p, config, train_examples=TWITTER2015["train"],
                            eval_examples=(TWITTER2015["dev"], TWITTER2015["test"]))
         p["run_estimate"] = run
@@ -605,7 +611,7 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
             f"{_gib(p['eval_total_bytes']) if 'eval_total_bytes' in p else 'n/a'} | "
             f"{p['flops_per_step'] / 1e12:.3f} | {_split_cell(p)} | "
             f"{_mib(p['collective_bytes']) if 'collective_bytes' in p else 'n/a'} | "
-            f"{p['roofline_step_seconds'] * 1e3:.1f} ms | {p['train']['bound']} | "
+            f"{p['roofline_step_seconds'] * 1e3:.1f} ms | {p['train']['bound']}{stale} | "
             f"{_hours(run['total_seconds'])} ({_hours(run['train_seconds'])} + {_hours(run['eval_seconds'])}) |"
         )
     first = next((p for p in rows if "error" not in p), None)
@@ -621,10 +627,14 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
             "one extraction (which classifies the gold spans too) and one classification of the decoded "
             "spans per batch (host decoding not counted).",
         ]
+    if old_rows:
+        lines += ["", "(*) Planned before the bytes split and the interconnect term (its JSON not regenerated "
+                  "yet): its roofline is max(compute, HBM) only, and it has no split or collective bytes "
+                  "(its JSON counted a combined collective at its largest array)."]
     if notes:
         lines += ["", "Refused plans:", ""] + notes
     lines += ["", "Chips (published per-chip figures used by the roofline):", "",
-              "| chip | peak bf16 FLOP/s | HBM | HBM bandwidth | ICI bandwidth (one way, per chip) | source |",
+              "| chip | peak bf16 FLOP/s | HBM | HBM bandwidth | Interchip Interconnect BW | source |",
               "|---|---|---|---|---|---|"]
     for chip in CHIPS.values():
         ici_src = f"; ICI: {chip.ici_source}" if chip.ici_source and chip.ici_source != chip.source else ""
