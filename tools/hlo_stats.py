@@ -6,6 +6,11 @@ or the condition's ``compare(i, constant), direction=LT``), how often each
 computation runs per step, the collectives with those multiplicities, and the
 leading size of watched activation shapes; `xla_cost` runs XLA's own cost
 model on the module or on one loop body as if it were the entry.
+A collective's bytes are those of its result, every array of a tuple-shaped
+(combined) one (`collective_bytes`); an asynchronous pair counts once, at its
+``-done``. `phase_costs` splits a train step's cost into forward, backward,
+optimizer, collectives and other by the instructions' ``op_name`` metadata
+(`classify_phases`).
 """
 
 from __future__ import annotations
