@@ -4,8 +4,11 @@
     python -m launch.plan --config=configs/twitter2015.py:bf16 --table=docs/scale.md --rows=a.json,b.json
 
 The first form compiles the config's train step and eval functions for the
-slice and prints (and writes) per-chip memory, FLOPs, collectives and a
-roofline step time; ``--steps=train`` compiles only the train step. The second
+slice and prints (and writes) per-chip memory, FLOPs, bytes accessed split
+into forward, backward, optimizer, collectives and other (``bytes_split``,
+``flops_split``; method in `tools.plan.phase_split`), collectives and a
+roofline step time (compute, HBM or interconnect bound);
+``--steps=train`` compiles only the train step. The second
 renders the scale table from plans written by the first (without ``--rows``,
 it plans `tools.plan.TABLE_ROWS` one after another first). Every time is a
 compile-time estimate, not a measurement.

@@ -31,7 +31,7 @@ FIELDS = (
     "topology", "num_devices", "mesh", "global_batch", "per_device_batch", "grad_accum_steps",
     "train_flops_per_example", "eval_flops_per_example", "argument_bytes", "output_bytes", "temp_bytes",
     "total_bytes", "hbm_bytes", "fits", "flops_per_step", "bytes_accessed", "collectives",
-    "compile_seconds", "roofline_step_seconds", "mfu_bound",
+    "compile_seconds", "roofline_step_seconds", "mfu_bound", "collective_bytes", "bytes_split", "flops_split",
 )
 
 
@@ -73,7 +73,18 @@ def test_plan_reports_every_field(tiny_plan):
     # tensor=2 shards the weights: the step must gather or reduce something.
     assert p["collectives"]
     assert p["roofline_step_seconds"] == max(p["train"]["roofline_compute_seconds"],
-                                             p["train"]["roofline_memory_seconds"]) > 0
+                                             p["train"]["roofline_memory_seconds"],
+                                             p["train"]["roofline_interconnect_seconds"]) > 0
+    assert p["collective_bytes"] == sum(c["bytes"] for c in p["collectives"]) > 0
+    for key, total in (("bytes_split", p["bytes_accessed"]), ("flops_split", p["flops_per_step"])):
+        split = p[key]
+        assert set(split) == set(plan_lib.SPLIT_KEYS)
+        assert sum(split.values()) == pytest.approx(total, rel=1e-9)
+        assert min(split[k] for k in ("forward", "backward", "optimizer")) > 0
+        assert abs(split["other"]) < 0.1 * total, split
+    # The backward pass does about twice the forward's matmul work.
+    assert 1.2 < p["flops_split"]["backward"] / p["flops_split"]["forward"] < 3.0
+    assert "GB accessed/chip/step (forward" in plan_lib.summary_line(p)
     assert 0 < p["mfu_bound"] <= 1
     assert set(p["eval"]) == {"extract", "classify"}
 
@@ -108,6 +119,114 @@ def test_loops_are_counted_trip_count_times():
     matmul = 2 * 64 * 256 * 256
     assert a["xla_flops_loop_bodies_once"] < 2 * matmul  # XLA's own count: one iteration
     assert a["flops"] == pytest.approx(6 * matmul, rel=0.05)
+
+
+def _mesh(devices, n):
+    mesh = jax.make_mesh((n,), ("d",), devices=devices[:n], axis_types=(jax.sharding.AxisType.Auto,))
+    return mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def test_train_step_split_adds_up_and_follows_the_phases():
+    """A data-parallel MLP train step with Adam and a finite-select, as jml_jax.steps
+    builds one: forward, backward, optimizer and collectives each get their
+    share, and the parts add up to the planner's totals."""
+    import optax
+
+    devices = plan_lib.topology_devices("v5e:2x2")
+    mesh, rep = _mesh(devices, 4)
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+    params = {"w1": jax.ShapeDtypeStruct((256, 512), jnp.float32, sharding=rep),
+              "w2": jax.ShapeDtypeStruct((512, 256), jnp.float32, sharding=rep)}
+    tx = optax.adam(1e-3)
+    opt = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), jax.eval_shape(tx.init, params))
+    x = jax.ShapeDtypeStruct((64, 256), jnp.float32, sharding=rows)
+
+    def step(params, opt_state, x):
+        def loss(p):
+            return jnp.mean(jnp.tanh(jnp.tanh(x @ p["w1"]) @ p["w2"]) ** 2)
+
+        value, grads = jax.value_and_grad(loss)(params)
+        ok = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        updates, new_opt = tx.update(grads, opt_state, params)
+        new = (optax.apply_updates(params, updates), new_opt)
+        return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, (params, opt_state)), value
+
+    compiled, secs = plan_lib._compile(jax.jit(step, out_shardings=((rep, rep), rep)), (params, opt, x))
+    a = plan_lib.analyse(compiled, secs, plan_lib.CHIPS["v5e"], split=True)
+    for key, total in (("bytes_split", a["bytes_accessed"]), ("flops_split", a["flops"])):
+        split = a[key]
+        assert list(split) == list(plan_lib.SPLIT_KEYS)
+        assert sum(split.values()) == pytest.approx(total, rel=1e-9)
+        # other: here the prefetches of x and w2 that forward and backward both read
+        assert abs(split["other"]) < 0.1 * total, split
+    f, b = a["flops_split"]["forward"], a["flops_split"]["backward"]
+    matmul = 2 * 16 * 256 * 512  # 16 rows per device
+    assert f == pytest.approx(2 * matmul, rel=0.05)
+    # Backward: the gradients of w2, of the hidden layer and of w1 (x needs none).
+    assert b == pytest.approx(3 * matmul, rel=0.05)
+    # Adam reads and writes params, mu, nu (f32) and reads the gradients: at least 7 arrays' worth.
+    param_bytes = 4 * 2 * 256 * 512
+    assert a["bytes_split"]["optimizer"] >= 7 * param_bytes * 0.9
+    # The gradients are all-reduced over the 4 data-parallel devices.
+    assert a["bytes_split"]["collectives"] > 0
+    assert a["collective_bytes"] >= param_bytes
+    ici = a["collective_bytes"] / plan_lib.CHIPS["v5e"].ici_bytes_per_s
+    assert a["roofline_interconnect_seconds"] == pytest.approx(ici)
+    assert a["roofline_seconds"] == max(a["roofline_compute_seconds"], a["roofline_memory_seconds"], ici)
+
+
+def test_interconnect_can_bound_the_roofline():
+    """An all-gather of a large array with next to no compute is interconnect-bound."""
+    devices = plan_lib.topology_devices("v5e:2x2")
+    mesh, rep = _mesh(devices, 4)
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+    x = jax.ShapeDtypeStruct((4096, 1024), jnp.float32, sharding=sharded)
+    compiled, secs = plan_lib._compile(jax.jit(lambda x: x, out_shardings=rep), (x,))
+    a = plan_lib.analyse(compiled, secs, plan_lib.CHIPS["v5e"])
+    assert a["collective_bytes"] >= 4096 * 1024 * 4
+    assert a["bound"] == "interconnect"
+    assert a["roofline_seconds"] == a["roofline_interconnect_seconds"]
+
+
+TUPLE_COLLECTIVES_HLO = """HloModule tuple_collectives
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(%a, %b)
+}
+
+ENTRY %main (p0: f32[1024], p1: bf16[8,128], p2: f32[16]) -> f32[16] {
+  %p0 = f32[1024]{0} parameter(0)
+  %p1 = bf16[8,128]{1,0} parameter(1)
+  %p2 = f32[16]{0} parameter(2)
+  %ar = (f32[1024]{0}, bf16[8,128]{1,0}) all-reduce(%p0, %p1), replica_groups={{0,1}}, to_apply=%add
+  %ag = (f32[32]{0}, f32[2048]{0}) all-gather(%p2, %p0), dimensions={0}, replica_groups={{0,1}}
+  %rs = (f32[8]{0}, f32[512]{0}) reduce-scatter(%p2, %p0), dimensions={0}, replica_groups={{0,1}}, to_apply=%add
+  %ags = (f32[16]{0}, f32[32]{0}) all-gather-start(%p2), dimensions={0}, replica_groups={{0,1}}
+  %agd = f32[32]{0} all-gather-done(%ags)
+  %cps = (f32[16]{0}, f32[16]{0}, u32[], u32[]) collective-permute-start(%p2), source_target_pairs={{0,1},{1,0}}
+  %cpd = f32[16]{0} collective-permute-done(%cps)
+  ROOT %out = f32[16]{0} add(%p2, %cpd)
+}
+"""
+
+
+def test_collective_bytes_count_every_array_of_a_tuple():
+    """A combined collective moves all its arrays; an async pair is one collective,
+    counted at its result (the -start's tuple also holds the operand and context)."""
+    got = hlo_stats.summarize_hlo(TUPLE_COLLECTIVES_HLO).collectives
+    assert got == {
+        # f32[1024] + bf16[8,128] = 4096 + 2048
+        "all-reduce": {"count": 1, "bytes": 4 * 1024 + 2 * 8 * 128},
+        # sync (f32[32], f32[2048]) = 128 + 8192; async result f32[32] = 128
+        "all-gather": {"count": 2, "bytes": 4 * 32 + 4 * 2048 + 4 * 32},
+        # (f32[8], f32[512]) = 32 + 2048
+        "reduce-scatter": {"count": 1, "bytes": 4 * 8 + 4 * 512},
+        # result f32[16] = 64 (not the start's operand, result and two u32 contexts)
+        "collective-permute": {"count": 1, "bytes": 4 * 16},
+    }
+    assert hlo_stats.collective_bytes("(f32[1024]{0}, bf16[8,128]{1,0})") == 6144
 
 
 def test_clear_errors_before_compiling():

@@ -6,6 +6,11 @@ or the condition's ``compare(i, constant), direction=LT``), how often each
 computation runs per step, the collectives with those multiplicities, and the
 leading size of watched activation shapes; `xla_cost` runs XLA's own cost
 model on the module or on one loop body as if it were the entry.
+A collective's bytes are those of its result, every array of a tuple-shaped
+(combined) one (`collective_bytes`); an asynchronous pair counts once, at its
+``-done``. `phase_costs` splits a train step's cost into forward, backward,
+optimizer, collectives and other by the instructions' ``op_name`` metadata
+(`classify_phases`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class _Instr:
     shape: str
     op: str
     rest: str
+    line: str = ""
 
 
 def _split_operands(rest: str) -> tuple[str, str]:
@@ -77,7 +83,7 @@ def _parse_module(text: str) -> tuple[dict[str, list[_Instr]], str]:
             continue
         m = _INSTR.match(line)
         if m:
-            comps[current].append(_Instr(m.group(1), m.group(2), m.group(3), m.group(4)))
+            comps[current].append(_Instr(m.group(1), m.group(2), m.group(3), m.group(4), line))
     return comps, entry
 
 
@@ -93,6 +99,7 @@ class HloSummary:
     loops: list[dict]  # {'body', 'trip_count' (None if unknown), 'times': runs of the loop per step}
     collectives: dict[str, dict[str, int]]  # kind -> {'count', 'bytes'} per step
     leading_sizes: dict[tuple[int, ...], int]  # watched trailing dims -> largest leading size x trips
+    runs: dict[str, float] = dataclasses.field(default_factory=dict)  # computation -> runs per step
 
 
 def summarize_hlo(text: str, watch_trailing: Sequence[tuple[int, ...]] = ()) -> HloSummary:
@@ -147,11 +154,18 @@ def summarize_hlo(text: str, watch_trailing: Sequence[tuple[int, ...]] = ()) -> 
         for ins in instrs:
             op = ins.op
             kind = op[:-6] if op.endswith("-start") else op
-            if kind in COLLECTIVES and not op.endswith("-done"):
-                size = max((_DTYPE_BYTES[d] * math.prod(s) for d, s in _arrays(ins.shape)), default=0)
+            if op.endswith("-done"):
+                kind = op[:-5]
+            if kind in COLLECTIVES:
                 entry_ = collectives.setdefault(kind, {"count": 0, "bytes": 0})
-                entry_["count"] += int(n)
-                entry_["bytes"] += int(n * size)
+                if op.endswith("-start"):
+                    # The start's shape holds operands, results and context
+                    # scalars: it is counted here, its bytes at its -done.
+                    entry_["count"] += int(n)
+                    continue
+                if not op.endswith("-done"):
+                    entry_["count"] += int(n)
+                entry_["bytes"] += int(n * collective_bytes(ins.shape))
             for _, dims in _arrays(ins.shape) if watch else ():
                 for t in watch:
                     if len(dims) == len(t) + 1 and dims[1:] == t:
@@ -161,7 +175,13 @@ def summarize_hlo(text: str, watch_trailing: Sequence[tuple[int, ...]] = ()) -> 
     # The size most instructions work at (a stray reshape or gather of the
     # local rows does not count).
     leading = {t: max(counts, key=counts.get) for t, counts in seen_sizes.items()}
-    return HloSummary(loops, collectives, leading)
+    return HloSummary(loops, collectives, leading, with_trips)
+
+
+def collective_bytes(shape_text: str) -> int:
+    """Bytes of a collective's result: every array of a tuple-shaped (combined)
+    collective, e.g. ``(f32[1024], bf16[8,128])`` -> 4096 + 2048."""
+    return sum(_DTYPE_BYTES[d] * math.prod(s) for d, s in _arrays(shape_text))
 
 
 def _trip_count(attrs: str, cond: list[_Instr]) -> int | None:
@@ -222,3 +242,160 @@ def xla_cost(text: str, entry: str | None = None) -> dict[str, float]:
     module = _hlo.hlo_module_from_text(text)
     cost = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
     return {"flops": float(cost.get("flops", 0.0)), "bytes accessed": float(cost.get("bytes accessed", 0.0))}
+
+
+# ---------------------------------------------------------------------------
+# Where a train step's cost goes: forward, backward, optimizer, collectives.
+
+PHASES = ("forward", "backward", "optimizer", "collectives", "other")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CONTROL = re.compile(r",\s*control-predecessors=\{[^}]*\}")
+_FREE = ("parameter", "while")  # new parameters / costed through their bodies
+
+
+def _is_collective(op: str) -> bool:
+    for suffix in ("-start", "-done"):
+        if op.endswith(suffix):
+            op = op[: -len(suffix)]
+    return op in COLLECTIVES
+
+
+def _operand_names(ins: _Instr) -> list[str]:
+    operands, _ = _split_operands(ins.rest)
+    return re.findall(r"%([\w.\-]+)", operands)
+
+
+def classify_phases(instrs: Sequence[_Instr]) -> dict[str, str]:
+    """Instruction name -> phase, for the instructions of one computation.
+
+    * ``collectives``: every collective instruction (its ``-start`` and ``-done``).
+    * ``backward``: ``op_name`` metadata with ``transpose(`` (JAX names the ops
+      of the transposed, i.e. backward, pass ``transpose(jvp(...))``).
+    * ``forward``: ``op_name`` with ``jvp(`` and no ``transpose(`` (the
+      forward pass of ``value_and_grad``, linearized).
+    * ``optimizer``: an instruction that is neither of the above and depends,
+      through any chain of operands, on a backward instruction: everything
+      computed from the gradients (the optimizer update, ``apply_updates``,
+      the finite check and select, the gradient-norm metric).
+    * an unlabelled instruction that does not depend on the gradients takes
+      the phase of its users when they all share one of forward, backward,
+      optimizer (e.g. a copy of the optimizer state that only the update
+      reads); otherwise ``other`` (e.g. the step counter, the step's RNG
+      folding, copies with no metadata that several phases read).
+    """
+    phase: dict[str, str] = {}
+    after: dict[str, bool] = {}
+    users: dict[str, list[str]] = {}
+    order = [ins for ins in instrs if ins.op not in _FREE]
+    for ins in instrs:
+        ops = _operand_names(ins)
+        for o in ops:
+            users.setdefault(o, []).append(ins.name)
+        m = _OP_NAME.search(ins.line)
+        name = m.group(1) if m else ""
+        if _is_collective(ins.op):
+            p = "collectives"
+        elif "transpose(" in name:
+            p = "backward"
+        elif "jvp(" in name:
+            p = "forward"
+        else:
+            p = ""
+        after[ins.name] = p == "backward" or any(after.get(o, False) for o in ops)
+        if not p and after[ins.name]:
+            p = "optimizer"
+        phase[ins.name] = p
+    for ins in reversed(order):
+        if phase[ins.name]:
+            continue
+        got = {phase.get(u, "") for u in users.get(ins.name, [])}
+        phase[ins.name] = got.pop() if len(got) == 1 and got <= {"forward", "backward", "optimizer"} else "other"
+    return {ins.name: phase[ins.name] for ins in order}
+
+
+def _blocks(text: str) -> tuple[list[tuple[str, list[str]]], str]:
+    """Module text -> [(computation name, its lines)], entry name (the header line first)."""
+    blocks, entry, current = [], "", None
+    for line in text.splitlines()[1:]:
+        if current is None:
+            m = _COMP.match(line)
+            if m and "=" not in line.split("(")[0]:
+                current = (m.group(2), [line])
+                if m.group(1):
+                    entry = m.group(2)
+            continue
+        current[1].append(line)
+        if line.strip() == "}":
+            blocks.append(current)
+            current = None
+    return blocks, entry
+
+
+def _phase_module(blocks, skip: set[str], instrs: Sequence[_Instr], chosen: set[str]) -> str:
+    """A module whose entry runs only the ``chosen`` instructions of a computation,
+    their other operands turned into parameters and their results into one tuple."""
+    shapes = {ins.name: ins.shape for ins in instrs}
+    keep = [ins for ins in instrs if ins.name in chosen]
+    params: dict[str, str] = {}
+    for ins in keep:
+        for o in _operand_names(ins):
+            if o not in chosen and o not in params and o in shapes:
+                params[o] = shapes[o]
+    out = ["HloModule phase"]
+    for name, lines in blocks:
+        if name in skip:
+            continue
+        header = lines[0][len("ENTRY "):] if lines[0].startswith("ENTRY ") else lines[0]
+        out += [header] + lines[1:]
+    out.append("ENTRY %phase_entry {")
+    out += [f"  %{name} = {shape} parameter({i})" for i, (name, shape) in enumerate(params.items())]
+    for ins in keep:
+        line = ins.line.replace("ROOT ", "", 1) if ins.line.lstrip().startswith("ROOT ") else ins.line
+        out.append(_CONTROL.sub("", line))
+    out.append(f"  ROOT %phase_root = ({', '.join(ins.shape for ins in keep)}) "
+               f"tuple({', '.join('%' + ins.name for ins in keep)})")
+    out.append("}")
+    return "\n".join(out)
+
+
+def phase_costs(text: str) -> dict[str, dict[str, float]]:
+    """Host XLA cost model (flops, bytes accessed) of a train step per phase, loops counted in full.
+
+    Classifies the instructions of the entry computation and of every while
+    body with `classify_phases`, and costs each phase's instructions of each
+    such computation with XLA's own cost model (`xla_cost`) as one module whose
+    entry runs only them (their other operands become parameters, which cost
+    nothing): a fusion is costed as XLA costs it in the whole module, with the
+    phase of its fusion's metadata (fused forward and optimizer ops would go
+    wholly to one phase). A while body's phases count once per run of the
+    body (its loop's trip count times the runs of the loop); the while
+    instruction itself and its condition are not costed (they land in the
+    caller's ``other`` remainder). Returns ``{phase: {'flops', 'bytes
+    accessed'}}`` for `PHASES` plus ``'whole'``: the module as XLA costs it,
+    loop bodies counted trip-count times, as the planner counts it.
+    """
+    comps, entry = _parse_module(text)
+    summary = summarize_hlo(text)
+    blocks, _ = _blocks(text)
+    containers = [entry] + [loop["body"] for loop in summary.loops if loop["body"] in comps]
+    out = {p: {"flops": 0.0, "bytes accessed": 0.0} for p in PHASES}
+    for comp in dict.fromkeys(containers):
+        runs = summary.runs.get(comp, 0.0)
+        if not runs:
+            continue
+        phases = classify_phases(comps[comp])
+        for p in PHASES:
+            chosen = {n for n, q in phases.items() if q == p}
+            if not chosen:
+                continue
+            cost = xla_cost(_phase_module(blocks, {entry, comp}, comps[comp], chosen))
+            for k in ("flops", "bytes accessed"):
+                out[p][k] += runs * cost[k]
+    whole = xla_cost(text)
+    for loop in summary.loops:
+        if (loop["trip_count"] or 1) > 1:
+            body = xla_cost(text, loop["body"])
+            for k in ("flops", "bytes accessed"):
+                whole[k] += loop["times"] * (loop["trip_count"] - 1) * body[k]
+    out["whole"] = whole
+    return out
