@@ -37,6 +37,9 @@ from launch import common  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:2x4, v5e:16x16, v5p:2x2x1, v4:2x2x4")
 _MESH = flags.DEFINE_string("mesh", None, "data,fsdp,tensor sizes (one may be -1); default: the config's")
+_RUNS = flags.DEFINE_integer(
+    "runs", None, "plan a population of R runs in one program (seeds seed..seed+R-1; the mesh gains a "
+    "runs axis, --mesh is each run's); default: the config's runs fields")
 _JSON = flags.DEFINE_string("json", None, "write the plan here as JSON")
 _STEPS = flags.DEFINE_list("steps", ["train", "eval"], "what to compile: train, eval")
 _CONSTRAINTS = flags.DEFINE_bool(
@@ -73,7 +76,8 @@ def main(argv):
         if not _TOPOLOGY.value:
             raise plan_lib.PlanError("--topology is required (e.g. --topology=v5e:2x4)")
         result = plan_lib.plan(config, _TOPOLOGY.value, plan_lib.parse_mesh(_MESH.value),
-                               steps=_STEPS.value, activation_constraints=_CONSTRAINTS.value)
+                               steps=_STEPS.value, activation_constraints=_CONSTRAINTS.value,
+                               runs=_RUNS.value)
     except plan_lib.PlanError as err:
         logging.error("%s", err)
         sys.exit(f"plan: {err}")

@@ -282,3 +282,27 @@ def test_cli_names_a_mesh_that_does_not_fit():
     )
     assert proc.returncode != 0
     assert "does not fit topology v5e:2x2 (4 chips)" in proc.stderr
+
+
+@pytest.mark.long  # second tier (tests/README.md)
+@pytest.mark.parametrize("runs,per_device", [(4, 1), (8, 2)])
+def test_a_population_plans_one_program_of_its_runs(runs, per_device):
+    """R runs of the tiny model on v5e:2x2: the runs axis takes the 4 chips,
+    each chip computes its runs' whole batches with no collective, and a run's
+    step costs the roofline x chips / R chip-seconds."""
+    p = json.loads(json.dumps(plan_lib.plan(tiny_config(), "v5e:2x2", steps=("train",), runs=runs)))
+    assert (p["runs"], p["runs_axis"], p["runs_per_device"]) == (runs, 4, per_device)
+    assert p["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}  # each run's own mesh
+    assert p["per_device_batch"] == per_device * 8 and "replicated_work" not in p
+    assert p["collectives"] == [] and p["collective_bytes"] == 0
+    assert p["chip_seconds_per_run"] == pytest.approx(p["roofline_step_seconds"] * 4 / runs)
+    assert p["fits"] is True and f"{runs} runs on a runs axis of 4" in plan_lib.summary_line(p)
+
+
+def test_a_population_mesh_that_does_not_fit_a_slice_is_refused():
+    with pytest.raises(plan_lib.PlanError, match=r"each of the runs axis' 2 slices"):
+        plan_lib.plan(tiny_config(), "v5e:2x2", (4, 1, 1), runs=2)
+    with pytest.raises(plan_lib.PlanError, match=r"runs\.axis=3 does not divide the 4 devices"):
+        c = tiny_config()
+        c.runs.axis = 3
+        plan_lib.plan(c, "v5e:2x2", runs=3)

@@ -105,8 +105,9 @@ class HloSummary:
 def summarize_hlo(text: str, watch_trailing: Sequence[tuple[int, ...]] = ()) -> HloSummary:
     """Counts an optimized HLO module's loops and collectives, with loop trip counts.
 
-    ``watch_trailing``: activation shapes ``[b, *trailing]`` whose most common
-    leading size ``b`` (times the trip counts of the loops that hold it) is
+    ``watch_trailing``: activation shapes ``[b, *trailing]`` (or ``[r, b,
+    *trailing]``: ``r * b``) whose most common leading size ``b`` (times the
+    trip counts of the loops that hold it) is
     reported, e.g. ``(L, hidden)`` for BERT's hidden states: the examples each
     device computes per step.
     """
@@ -168,8 +169,9 @@ def summarize_hlo(text: str, watch_trailing: Sequence[tuple[int, ...]] = ()) -> 
                 entry_["bytes"] += int(n * collective_bytes(ins.shape))
             for _, dims in _arrays(ins.shape) if watch else ():
                 for t in watch:
-                    if len(dims) == len(t) + 1 and dims[1:] == t:
-                        size = dims[0] * int(round(n / max(n1, 1.0)))
+                    # [b, *t], or [r, b, *t] under a population's vmap over runs: r * b
+                    if len(dims) > len(t) and dims[-len(t):] == t:
+                        size = math.prod(dims[:-len(t)]) * int(round(n / max(n1, 1.0)))
                         counts = seen_sizes.setdefault(t, {})
                         counts[size] = counts.get(size, 0) + 1
     # The size most instructions work at (a stray reshape or gather of the

@@ -180,20 +180,32 @@ def _build(config, devices, *, activation_constraints: bool = True) -> Built:
     assembly moves.
     """
     from jml_jax.experiment import build_experiment
+    from jml_jax.population import build_population
+    from jml_jax.runs import runs_spec
     from jml_jax.sharding import batch_sharding
 
-    exp = build_experiment(config, devices=devices, num_train_steps=1000)
+    pop = None
+    if runs_spec(config) is not None:  # a population: its mesh has a runs axis
+        pop = build_population(config, devices=devices, num_train_steps=1000)
+        exp = pop.exp
+    else:
+        exp = build_experiment(config, devices=devices, num_train_steps=1000)
     if not activation_constraints:  # the step without rules: model-code constraints are no-ops
         exp = dataclasses.replace(exp, rules=None)
+        if pop is not None:
+            pop = dataclasses.replace(pop, exp=exp)
     bsh = batch_sharding(exp.mesh)
-    step = exp.make_train_step()
     state = exp.abstract_state  # ShapeDtypeStructs carrying their shardings
 
     def with_batch_sharding(b):
         return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh) for k, v in b.items()}
 
     # The abstract batches are the task's own statement of its inputs (jml_jax/contract.py).
-    train_batch = with_batch_sharding(exp.inputs(train=True))
+    if pop is None:
+        step, train_args = exp.make_train_step(), (state, with_batch_sharding(exp.inputs(train=True)))
+    else:  # every run's state and batch behind a leading [R] on the runs axis
+        step, train_args = pop.make_train_step(), (pop.abstract_state, pop.inputs(train=True))
+    # Evaluation scores one run at a time with the single run's functions (jml_jax/population.py).
     evaluator = exp.make_evaluator()
     eval_batch = with_batch_sharding(exp.inputs(train=False))
     extract_args = (state.params, state.batch_stats, eval_batch)
@@ -205,7 +217,7 @@ def _build(config, devices, *, activation_constraints: bool = True) -> Built:
         mesh=exp.mesh,
         train_step=step,
         eval_fns={"extract": (evaluator._extract, extract_args), "classify": (evaluator._classify, classify_args)},
-        train_args=(state, train_batch),
+        train_args=train_args,
         grad_accum_steps=int(config.optimizer.grad_accum_steps),
         # jml_jax.evaluators.Evaluator.predict_split: one extraction (which
         # classifies the gold spans too), then the decoded spans' classification.
@@ -349,7 +361,7 @@ def analyse(compiled, compile_seconds: float, chip: ChipSpec, watch_trailing=(),
 
 
 def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Sequence[str] = ("train", "eval"),
-         activation_constraints: bool = True) -> dict[str, Any]:
+         activation_constraints: bool = True, runs: int | None = None) -> dict[str, Any]:
     """Compiles ``steps`` of ``config`` for ``topology`` and returns the plan (JSON-ready).
 
     Args:
@@ -359,12 +371,19 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
       steps: any of ``'train'``, ``'eval'``.
       activation_constraints: pass the logical-axis rules to the train step so
         model-code activation constraints are applied (the trainer's default).
+      runs: plan a population of this many runs (seeds ``seed, seed + 1, ...``;
+        `jml_jax.runs.with_seeds`); without it, the config's own ``runs``
+        fields decide. A population's mesh is ``runs`` slices of ``mesh``
+        (each run's own mesh; jml_jax/population.py), and the plan carries
+        ``runs``, ``runs_axis``, ``runs_per_device`` and ``chip_seconds_per_run``
+        (the roofline step x chips / runs: what one run's training step costs).
 
     Raises:
       PlanError when the topology is unknown, the mesh does not cover it, or a
       batch does not divide over the batch axes.
     """
     from jml_jax.mesh import resolve_mesh_shape
+    from jml_jax.runs import runs_axis, runs_spec, with_seeds
 
     unknown = sorted(set(steps) - {"train", "eval"})
     if unknown or not steps:
@@ -372,11 +391,20 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
     chip = chip_of(topology)
     devices = topology_devices(topology)
     config = config.copy_and_resolve_references()
+    if runs:
+        config = with_seeds(config, runs)
+    try:
+        spec = runs_spec(config)
+        axis = runs_axis(spec, len(devices)) if spec is not None else 1
+    except ValueError as err:
+        raise PlanError(f"topology {topology} ({len(devices)} chips): {err}") from None
     shape = tuple(mesh) if mesh is not None else tuple(config.mesh_shape)
     try:
-        sizes = resolve_mesh_shape(shape, len(devices))
+        sizes = resolve_mesh_shape(shape, len(devices) // axis)
     except ValueError as err:
-        raise PlanError(f"mesh {shape} does not fit topology {topology} ({len(devices)} chips): {err}") from None
+        where = f" (each of the runs axis' {axis} slices)" if axis > 1 else ""
+        raise PlanError(f"mesh {shape} does not fit topology {topology} ({len(devices)} chips{where}): "
+                        f"{err}") from None
     with config.unlocked():
         config.mesh_shape = sizes
     mesh_sizes = dict(zip(MESH_AXES, sizes))
@@ -396,8 +424,8 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
         built = _build(config, devices, activation_constraints=activation_constraints)
     except ValueError as err:  # e.g. groups that do not divide over the batch axes
         raise PlanError(f"{topology} mesh {mesh_sizes}: {err}") from err
-    hidden = built.train_args[0].params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape[-1] \
-        if "bert" in built.train_args[0].params else None
+    params = built.train_args[0].params if spec is None else built.train_args[0].runs.params
+    hidden = params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape[-1] if "bert" in params else None
     watch = [(int(config.data.max_seq_length), int(hidden))] if hidden else []
     result: dict[str, Any] = {
         "topology": topology, "chip": chip.name, "num_devices": len(devices),
@@ -408,6 +436,8 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
         "chip_spec": dataclasses.asdict(chip),
         "activation_constraints": bool(activation_constraints),
         "estimate": "compile-time estimate (XLA cost model + published chip peaks), not a measured time",
+        "runs": spec.count if spec is not None else 1, "runs_axis": axis,
+        "runs_per_device": (spec.count if spec is not None else 1) / axis,
     }
     if "train" in steps:
         compiled, secs = _compile(built.train_step, built.train_args)
@@ -415,7 +445,7 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
         leading = train.pop("_leading")
         pdb = leading.get(watch[0]) if watch else None
         result.update({
-            "per_device_batch": pdb if pdb is not None else global_batch // shards,
+            "per_device_batch": pdb if pdb is not None else int(result["runs_per_device"] * global_batch // shards),
             "argument_bytes": train["argument_bytes"], "output_bytes": train["output_bytes"],
             "temp_bytes": train["temp_bytes"], "total_bytes": train["total_bytes"],
             "fits": train["total_bytes"] <= chip.hbm_bytes,
@@ -424,10 +454,11 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
             "bytes_split": train["bytes_split"], "flops_split": train["flops_split"],
             "compile_seconds": train["compile_seconds"],
             "roofline_step_seconds": train["roofline_seconds"], "mfu_bound": train["mfu_bound"],
-            "train_flops_per_example": train["flops"] * len(devices) / global_batch,
+            "chip_seconds_per_run": train["roofline_seconds"] * len(devices) / result["runs"],
+            "train_flops_per_example": train["flops"] * len(devices) / (global_batch * result["runs"]),
             "train": train,
         })
-        if pdb is not None and pdb > global_batch // shards:
+        if pdb is not None and pdb > result["runs_per_device"] * global_batch // shards:
             result["replicated_work"] = (
                 f"each device computes {pdb} examples per step although it holds "
                 f"{global_batch // shards} rows: work is replicated over the batch axes"
@@ -468,7 +499,8 @@ def run_estimate(plan_: dict[str, Any], config, *, train_examples: int, eval_exa
     evals = sum(1 for s in range(1, sched.total_steps + 1) if sched.is_eval_step(s))
     batches = sum(math.ceil(n / int(config.eval_batch_size)) for n in eval_examples)
     train_s = sched.total_steps * plan_["roofline_step_seconds"]
-    eval_s = evals * batches * plan_.get("eval_roofline_batch_seconds", 0.0)
+    # A population trains its runs together and evaluates them one after another.
+    eval_s = evals * batches * plan_.get("eval_roofline_batch_seconds", 0.0) * plan_.get("runs", 1)
     return {
         "train_examples": train_examples, "eval_examples": list(eval_examples),
         "steps_per_epoch": sched.steps_per_epoch, "total_steps": sched.total_steps,
@@ -496,13 +528,17 @@ def summary_line(p: dict[str, Any]) -> str:
         return f"cannot plan: {p['error']}"
     mesh = "x".join(str(v) for v in p["mesh"].values())
     parts = [f"{p['topology']} mesh {mesh} ({'/'.join(p['mesh'])})"]
+    if p.get("runs", 1) > 1:
+        parts[0] += (f", {p['runs']} runs on a runs axis of {p['runs_axis']} "
+                     f"({p['runs_per_device']:g} per device)")
     if "total_bytes" in p:
         parts.append(f"train {_gib(p['total_bytes'])} of {_gib(p['hbm_bytes'])} per chip "
                      f"({'fits' if p['fits'] else 'does NOT fit'}), per-device batch {p['per_device_batch']}, "
                      f"{p['flops_per_step'] / 1e12:.3f} TFLOP/chip/step, {_split_text(p)}, "
                      f"collectives {p.get('collective_bytes', 0.0) / 2**20:.1f} MiB/chip/step, "
                      f"roofline {p['roofline_step_seconds'] * 1e3:.1f} ms "
-                     f"({p['train']['bound']}-bound, MFU bound {p['mfu_bound']:.2f})")
+                     f"({p['train']['bound']}-bound, MFU bound {p['mfu_bound']:.2f}), "
+                     f"{p['chip_seconds_per_run']:.3f} chip-s per run-step")
     if "eval_roofline_batch_seconds" in p:
         parts.append(f"eval batch {p['eval_roofline_batch_seconds'] * 1e3:.1f} ms")
     parts.append(f"compiled in {p['compile_seconds']:.0f} s")
