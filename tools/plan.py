@@ -590,6 +590,40 @@ def _split_cell(p: dict[str, Any]) -> str:
     return cell
 
 
+# The paper's grids (tools/paper_table.GRIDS): rows of one dataset x one
+# variant, each trained with SEEDS seeds. Tables 3 and 7 share their full rows.
+GRID_ROWS = {"Table 3": 2 * 2, "Table 7": 2 * 6, "Tables 3 and 7": 2 * 7}
+GRID_SEEDS = 3
+
+
+def grid_estimates(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: the wall time of the paper's Table 3 and 7 grids (3 seeds per
+    row) on v5e-8 (v5e:2x4), for each way of running them that a planned row of
+    that slice gives: one run after another (a single-run plan: each run takes
+    its 50-epoch time), or each row's seeds as one population (a plan of
+    ``GRID_SEEDS`` runs: each row takes its time, rows one after another)."""
+    ways = []
+    for p in rows:
+        if "error" in p or p.get("topology") != "v5e:2x4" or "run_estimate" not in p:
+            continue
+        runs, mesh = p.get("runs", 1), ",".join(str(v) for v in p["mesh"].values())
+        total = p["run_estimate"]["total_seconds"]
+        if runs == 1:
+            ways.append((f"one run at a time, mesh {mesh}", lambda n, t=total: n * GRID_SEEDS * t))
+        elif runs == GRID_SEEDS:
+            ways.append((f"each row's {runs} seeds as one program, each run on mesh {mesh}",
+                         lambda n, t=total: n * t))
+    if not ways:
+        return []
+    lines = ["", f"The paper's grids on v5e-8 (v5e:2x4), {GRID_SEEDS} seeds per row, rows one after another "
+             "(rows differ in architecture, so each is its own program), at the rows' 50-epoch estimates above:", "",
+             "| way | " + " | ".join(f"{name} ({n} rows, {n * GRID_SEEDS} runs)" for name, n in GRID_ROWS.items())
+             + " |", "|---|" + "---|" * len(GRID_ROWS)]
+    for label, time_of in ways:
+        lines.append(f"| {label} | " + " | ".join(_hours(time_of(n)) for n in GRID_ROWS.values()) + " |")
+    return lines
+
+
 def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") -> str:
     """Markdown for docs/scale.md from plans (`plan` results or error rows)."""
     lines = [
@@ -622,17 +656,18 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
     if command:
         lines += [f"Command: `{command}`", ""]
     lines += [
-        "| slice | chips | mesh (data,fsdp,tensor) | per-device batch | train memory / chip | fits | "
+        "| slice | chips | runs (per chip) | mesh of a run (data,fsdp,tensor) | per-device batch | train memory / chip | fits | "
         "eval memory / chip | TFLOP / chip / step | GB accessed / chip / step (forward / backward / optimizer / "
-        "collectives / other) | collective MiB / chip / step | roofline step | bound | 50-epoch run (train + evals) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "collectives / other) | collective MiB / chip / step | roofline step | bound | chip-s per run-step | "
+        "50-epoch run (train + evals) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     old_rows = False
     for p in rows:
         mesh = ",".join(str(v) for v in (p.get("mesh") or {}).values()) or "config"
         if "error" in p:
-            lines.append(f"| {p['topology']} | | {mesh} | refused: see note | | | | | | | | | |")
+            lines.append(f"| {p['topology']} | | {p.get('runs', 1)} | {mesh} | refused: see note | | | | | | | | | | |")
             notes.append(f"- {p['topology']} mesh {mesh}: {p['error']}")
             continue
         stale = "" if "bytes_split" in p else " (*)"
@@ -641,13 +676,16 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
         run = run_estimate(p, config, train_examples=TWITTER2015["train"],
                            eval_examples=(TWITTER2015["dev"], TWITTER2015["test"]))
         p["run_estimate"] = run
+        runs = p.get("runs", 1)
+        chip_s = p.get("chip_seconds_per_run", p["roofline_step_seconds"] * p["num_devices"] / runs)
         lines.append(
-            f"| {p['topology']} | {p['num_devices']} | {mesh} | {p['per_device_batch']} | "
+            f"| {p['topology']} | {p['num_devices']} | {runs} ({p.get('runs_per_device', 1 / p['num_devices']):g}) | "
+            f"{mesh} | {p['per_device_batch']} | "
             f"{_gib(p['total_bytes'])} | {'yes' if p['fits'] else 'NO'} | "
             f"{_gib(p['eval_total_bytes']) if 'eval_total_bytes' in p else 'n/a'} | "
             f"{p['flops_per_step'] / 1e12:.3f} | {_split_cell(p)} | "
             f"{_mib(p['collective_bytes']) if 'collective_bytes' in p else 'n/a'} | "
-            f"{p['roofline_step_seconds'] * 1e3:.1f} ms | {p['train']['bound']}{stale} | "
+            f"{p['roofline_step_seconds'] * 1e3:.1f} ms | {p['train']['bound']}{stale} | {chip_s:.3f} | "
             f"{_hours(run['total_seconds'])} ({_hours(run['train_seconds'])} + {_hours(run['eval_seconds'])}) |"
         )
     first = next((p for p in rows if "error" not in p), None)
@@ -663,6 +701,7 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
             "one extraction (which classifies the gold spans too) and one classification of the decoded "
             "spans per batch (host decoding not counted).",
         ]
+    lines += grid_estimates(rows)
     if old_rows:
         lines += ["", "(*) Planned before the bytes split and the interconnect term (its JSON not regenerated "
                   "yet): its roofline is max(compute, HBM) only, and it has no split or collective bytes "
