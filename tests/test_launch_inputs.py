@@ -45,6 +45,10 @@ def test_a_missing_dev_file_is_named_with_its_split_before_any_image_is_decoded(
     ({"eval_batch_size": 6}, ValueError, r"eval_batch_size=6 does not divide over the mesh's 8"),
     ({"optimizer.grad_accum_steps": 3}, ValueError, r"optimizer.grad_accum_steps=3 must be >= 1"),
     ({"optimizer.t_total": "epochs"}, ValueError, r"optimizer.t_total='epochs'"),
+    ({"runs.seeds": (1, 1)}, ValueError, r"runs.seeds=\(1, 1\): seed\(s\) \[1\] appear twice"),
+    ({"runs.seeds": (1, 2, 3), "runs.axis": 3}, ValueError, r"runs.axis=3 does not divide the 8 devices"),
+    ({"runs.seeds": (1, 2), "runs.warmup_proportion": (0.1,)}, ValueError,
+     r"runs.warmup_proportion has 1 values for 2 seeds"),
 ])
 def test_config_errors_are_named_before_any_image_is_decoded(tmp_path, no_decoding, changes, error, message):
     with pytest.raises(error, match=message):
@@ -69,3 +73,20 @@ def test_on_error_skip_leaves_out_bad_records_and_counts_them(tmp_path):
     data = common.train_data(config)
     assert data.data_counts["records_skipped"] == 1 and data.num_examples == len(good)
     assert common.eval_splits(config, ["dev"])["dev"].data_counts["records_skipped"] == 0
+
+
+@pytest.mark.long  # second tier (tests/README.md): a whole population
+def test_launch_train_trains_runs_seeds_as_one_population(tmp_path):
+    import json
+
+    from jml_jax.population import RUNS_DIR
+
+    config = with_changes(small_demo.small_demo_config(images=False), **{"runs.seeds": (5, 6), "max_steps": 2})
+    summary = launch_train.run(config, str(tmp_path / "run"))
+    assert list(summary["runs"]) == ["seed_5", "seed_6"]
+    for seed in (5, 6):
+        folder = tmp_path / "run" / RUNS_DIR / f"seed_{seed}"
+        assert json.loads((folder / "config.json").read_text())["seed"] == seed
+        assert (folder / "command.txt").read_text() == (tmp_path / "run" / "command.txt").read_text()
+        assert json.loads((folder / "summary.json").read_text())["final_step"] == 2
+
