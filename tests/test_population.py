@@ -1,9 +1,9 @@
 """Many runs in one program (jml_jax/population.py, jml_jax/runs.py).
 
-Fast: the config's runs fields and their errors, the per-run optimizer
-values, and the compiled step of 8 runs on 8 devices (one run per device at
-its full batch, no collective). Long tier: whole populations of the shrunk
-demo equal the same runs trained alone (1 and 8 devices, R = 2 and 3),
+Fast: the config's runs fields and their errors, and the per-run optimizer
+values. Long tier: the compiled step of 8 runs on 8 devices (one run per
+device at its full batch, no collective), and whole populations of the shrunk
+demo, which equal the same runs trained alone (1 and 8 devices, R = 2 and 3),
 resume bit-identically after a crash, stop a non-finite run while the
 others go on, and leave run folders `launch.evaluate` reads as any run.
 """
@@ -141,6 +141,7 @@ def test_an_optimizer_with_traced_per_run_values_updates_as_the_config_does():
                                        err_msg=f"run {r} {key}")
 
 
+@pytest.mark.long  # a compile of 8 runs (about 35 s here)
 def test_eight_runs_on_eight_devices_hold_one_run_each_with_no_collective(config):
     pop = population.build_population(_population(config, range(1, 9)), num_train_steps=TOTAL_STEPS)
     assert dict(pop.mesh.shape) == {"runs": 8, "data": 1, "fsdp": 1, "tensor": 1}
