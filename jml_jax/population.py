@@ -68,7 +68,7 @@ from jml_jax.scoring import score_splits
 from jml_jax.summary import MetricWriter
 from jml_jax.train import (NonFiniteLossError, Schedule, TrainData, _data_counts, _eval_line,
                            _select_key, _write_data_counts)
-from jml_jax.train_state import TrainState, _state_init_fn, raw_key
+from jml_jax.train_state import TrainState, _state_init_fn, all_finite, raw_key
 from jml_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
@@ -171,15 +171,7 @@ class Population:
     def finite_fn(self):
         """Jitted ``population -> bool [R]``: every float of the run's params and
         batch statistics is finite."""
-
-        def finite(tree):
-            ok = jnp.array(True)
-            for x in jax.tree.leaves(tree):
-                if jnp.issubdtype(x.dtype, jnp.inexact):
-                    ok = ok & jnp.all(jnp.isfinite(x))
-            return ok
-
-        return jax.jit(lambda pop: jax.vmap(finite)((pop.runs.params, pop.runs.batch_stats)),
+        return jax.jit(lambda pop: jax.vmap(all_finite)((pop.runs.params, pop.runs.batch_stats)),
                        in_shardings=(self.shardings,), out_shardings=self.runs_sharding)
 
     def global_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:

@@ -229,11 +229,13 @@ def make_finite_check(mesh) -> Callable[[Any], jax.Array]:
     learning rate); the loop checks before each save so no checkpoint holds them.
     """
 
-    def all_finite(tree):
-        ok = jnp.array(True)
-        for x in jax.tree.leaves(tree):
-            if jnp.issubdtype(x.dtype, jnp.inexact):
-                ok = ok & jnp.all(jnp.isfinite(x))
-        return ok
-
     return jax.jit(all_finite, out_shardings=replicated(mesh))
+
+
+def all_finite(tree) -> jax.Array:
+    """bool scalar: every float leaf of ``tree`` is finite (traceable)."""
+    ok = jnp.array(True)
+    for x in jax.tree.leaves(tree):
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            ok = ok & jnp.all(jnp.isfinite(x))
+    return ok
