@@ -68,7 +68,7 @@ from jml_jax.scoring import score_splits
 from jml_jax.summary import MetricWriter
 from jml_jax.train import (NonFiniteLossError, Schedule, TrainData, _data_counts, _eval_line,
                            _select_key, _write_data_counts)
-from jml_jax.train_state import TrainState, _state_init_fn, all_finite, raw_key
+from jml_jax.train_state import TrainState, state_init_fn, all_finite, raw_key
 from jml_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Population:
         if pieces is None:
             pieces = exp.task.pretrained_pieces(exp.abstract_variables)
         given = weights.placed_pieces(pieces, exp.abstract_state) if pieces else None
-        init_one = _state_init_fn(exp.task.init_fn, exp.tx)
+        init_one = state_init_fn(exp.task.init_fn, exp.tx)
         keys = jnp.stack([raw_key(jax.random.PRNGKey(int(s))) for s in self.spec.seeds])
 
         def init(keys, given):

@@ -108,7 +108,10 @@ def _override(tree: Any, values: Any) -> Any:
     return out
 
 
-def _state_init_fn(init_fn: InitFn, tx: optax.GradientTransformation) -> Callable[..., TrainState]:
+def state_init_fn(init_fn: InitFn, tx: optax.GradientTransformation) -> Callable[..., TrainState]:
+    """``init(rng, given=None) -> TrainState`` of step 0, un-jitted: what
+    `create_sharded_state` jits, and a population maps over its runs' keys."""
+
     def init(rng: jax.Array, given: Any = None) -> TrainState:
         init_rng, train_rng = jax.random.split(raw_key(rng))
         params, batch_stats = _split_variables(init_fn(init_rng))
@@ -211,7 +214,7 @@ def create_sharded_state(
     """
     if shardings is None:
         _, shardings = abstract_sharded_state(init_fn, tx, mesh, rules, rng)
-    init = jax.jit(_state_init_fn(init_fn, tx), out_shardings=shardings)
+    init = jax.jit(state_init_fn(init_fn, tx), out_shardings=shardings)
     state = init(raw_key(rng), given)
     return state, shardings
 
