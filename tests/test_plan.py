@@ -306,3 +306,9 @@ def test_a_population_mesh_that_does_not_fit_a_slice_is_refused():
         c = tiny_config()
         c.runs.axis = 3
         plan_lib.plan(c, "v5e:2x2", runs=3)
+
+
+def test_a_one_chip_slice_is_one_chip_of_its_host():
+    devices = plan_lib.topology_devices("v5e:1x1")
+    assert len(devices) == 1 and devices[0].platform == "tpu"
+    assert len(plan_lib.topology_devices("v5p:1x1x1")) == 1

@@ -121,8 +121,17 @@ def chip_of(topology: str) -> ChipSpec:
 
 
 def topology_devices(topology: str) -> list:
-    """The compile-only devices of a TPU slice, one per chip."""
+    """The compile-only devices of a TPU slice, one per chip.
+
+    A one-chip slice (``v5e:1x1``, sold as v5litepod-1) is one chip of the
+    smallest slice libtpu lays out (its host's 2x2 chips): a program on one
+    device compiles the same wherever that device sits.
+    """
     chip = chip_of(topology)
+    shape = [int(s) for s in topology.partition(":")[2].split("x")]
+    if all(s == 1 for s in shape):
+        host = "x".join(["2", "2"] + ["1"] * (len(shape) - 2))
+        return topology_devices(f"{chip.name}:{host}")[:1]
     try:
         from jax.experimental import topologies
 
