@@ -41,6 +41,7 @@ _RUNS = flags.DEFINE_integer(
     "runs", None, "plan a population of R runs in one program (seeds seed..seed+R-1; the mesh gains a "
     "runs axis, --mesh is each run's); default: the config's runs fields")
 _JSON = flags.DEFINE_string("json", None, "write the plan here as JSON")
+_HLO_DIR = flags.DEFINE_string("hlo_dir", None, "also write each compiled module's HLO text into this folder")
 _STEPS = flags.DEFINE_list("steps", ["train", "eval"], "what to compile: train, eval")
 _CONSTRAINTS = flags.DEFINE_bool(
     "activation_constraints", True, "apply model-code activation sharding constraints (the trainer's default)")
@@ -77,7 +78,7 @@ def main(argv):
             raise plan_lib.PlanError("--topology is required (e.g. --topology=v5e:2x4)")
         result = plan_lib.plan(config, _TOPOLOGY.value, plan_lib.parse_mesh(_MESH.value),
                                steps=_STEPS.value, activation_constraints=_CONSTRAINTS.value,
-                               runs=_RUNS.value)
+                               runs=_RUNS.value, hlo_dir=_HLO_DIR.value)
     except plan_lib.PlanError as err:
         logging.error("%s", err)
         sys.exit(f"plan: {err}")

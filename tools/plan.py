@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import pathlib
 import re
 import time
 from typing import Any, Callable, Sequence
@@ -238,10 +239,16 @@ def _build(config, devices, *, activation_constraints: bool = True) -> Built:
 # Compiling and reporting.
 
 
-def _compile(fn, args) -> tuple[Any, float]:
+def _compile(fn, args, hlo_path=None) -> tuple[Any, float]:
+    """``(compiled, seconds)``; with ``hlo_path`` the compiled module's HLO text
+    is written there (to read where the bytes go, op by op)."""
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
-    return compiled, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    if hlo_path is not None:
+        pathlib.Path(hlo_path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(hlo_path).write_text(compiled.as_text())
+    return compiled, seconds
 
 
 def _cost(compiled) -> dict[str, float]:
@@ -370,7 +377,8 @@ def analyse(compiled, compile_seconds: float, chip: ChipSpec, watch_trailing=(),
 
 
 def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Sequence[str] = ("train", "eval"),
-         activation_constraints: bool = True, runs: int | None = None) -> dict[str, Any]:
+         activation_constraints: bool = True, runs: int | None = None,
+         hlo_dir: str | None = None) -> dict[str, Any]:
     """Compiles ``steps`` of ``config`` for ``topology`` and returns the plan (JSON-ready).
 
     Args:
@@ -386,6 +394,8 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
         (each run's own mesh; jml_jax/population.py), and the plan carries
         ``runs``, ``runs_axis``, ``runs_per_device`` and ``chip_seconds_per_run``
         (the roofline step x chips / runs: what one run's training step costs).
+      hlo_dir: write each compiled module's HLO text there (train_step.hlo,
+        eval_<name>.hlo).
 
     Raises:
       PlanError when the topology is unknown, the mesh does not cover it, or a
@@ -449,7 +459,8 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
         "runs_per_device": (spec.count if spec is not None else 1) / axis,
     }
     if "train" in steps:
-        compiled, secs = _compile(built.train_step, built.train_args)
+        compiled, secs = _compile(built.train_step, built.train_args,
+                                  pathlib.Path(hlo_dir) / "train_step.hlo" if hlo_dir else None)
         train = analyse(compiled, secs, chip, watch, split=True)
         leading = train.pop("_leading")
         pdb = leading.get(watch[0]) if watch else None
@@ -475,7 +486,7 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
     if "eval" in steps:
         evals, eval_flops, eval_seconds = {}, 0.0, 0.0
         for name, (fn, args) in built.eval_fns.items():
-            compiled, secs = _compile(fn, args)
+            compiled, secs = _compile(fn, args, pathlib.Path(hlo_dir) / f"eval_{name}.hlo" if hlo_dir else None)
             a = analyse(compiled, secs, chip)
             a.pop("_leading")
             a["calls_per_batch"] = built.eval_calls_per_batch[name]
