@@ -107,9 +107,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-    config = load_config(args.config, args.override).unlocked()
-    for field in ("bert_init", "resnet_init", "relation_init", "original_checkpoint"):
-        config.model[field] = None  # random weights: the speed does not depend on their values
+    config = load_config(args.config, args.override)
+    with config.unlocked():
+        for field in ("bert_init", "resnet_init", "relation_init", "original_checkpoint"):
+            config.model[field] = None  # random weights: the speed does not depend on their values
     device = jax.devices()[0]
     print(f"{args.config} on one {device.platform} device ({device.device_kind}); batch {config.batch_size} "
           f"per run; {args.steps} timed steps after {args.warmup}", flush=True)
