@@ -102,3 +102,20 @@ def test_benchmark_decode_runs():
     from tools.benchmark_host import benchmark_decode
 
     assert benchmark_decode(n=200, seed=1, batch_size=64) > 0
+
+
+@pytest.mark.long  # three compiles of the tiny text model
+def test_population_benchmark_reports_both_ways(tmp_path, capsys):
+    from tools import benchmark_population
+
+    out = tmp_path / "population.json"
+    assert benchmark_population.main(["--config", "configs/demo.py:text_only", "--runs", "2", "--steps", "1",
+                                      "--warmup", "0", "--override=--config.data.max_seq_length=16",
+                                      "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["alone"]["runs"] == 1 and [t["runs"] for t in r["together"]] == [2]
+    together = r["together"][0]
+    assert together["examples_per_s"] > 0 and len(together["loss"]) == 2
+    # Two runs hold two states: the planned memory grows with the runs.
+    assert together["planned_mib"] > 1.5 * r["alone"]["planned_mib"]
+    assert "| 2 |" in capsys.readouterr().out

@@ -672,6 +672,13 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
         "each phase costed by XLA's host cost model, scaled by one ratio to the TPU's total, so the",
         "five parts add up to the total.",
         "",
+        "Rows with several runs plan a population (`--runs=R`, jml_jax/population.py): R runs of the",
+        "model trained as one program, the mesh's `runs` axis over the chips and each run on its own",
+        "mesh (the column's); \"runs (per chip)\" gives R and how many runs each chip holds (1/8: one run",
+        "spread over 8 chips). \"chip-s per run-step\" is the roofline step x chips / R: what one run's",
+        "training step costs, the figure to compare between rows. A population's 50-epoch time counts",
+        "its R runs' evaluations one after another.",
+        "",
     ]
     if command:
         lines += [f"Command: `{command}`", ""]
