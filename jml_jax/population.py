@@ -31,8 +31,9 @@ state is paid by every chip that holds a replica. A population trains R runs
   command resumes every run bit-identically; ``<workdir>/summary.json`` lists
   the runs' summaries.
 
-Evaluation scores one run after another with the single run's evaluator on
-the population's mesh (each run's state gathered to every slice). One process
+Evaluation scores one run after another with the single run's evaluator on a
+mesh of every device (the runs axis folded into ``data``; each run's state is
+moved there for its turn), so every chip shares each evaluation. One process
 only: a population's batches are built whole on the host.
 """
 
@@ -51,10 +52,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jml_jax import contract, optim, weights
-from jml_jax.axes import DATA, FSDP, RUNS
+from jml_jax.axes import DATA, FSDP, MESH_AXES, RUNS
 from jml_jax.checkpointing import BestModel, Checkpointer
 from jml_jax.decode import NaNLogitsError
 from jml_jax.evaluators import EvalSplit, decode_config_from, validate_eval_setup
@@ -98,6 +99,9 @@ class Population:
     spec: RunsSpec
     configs: list  # run_config of each run
     exp: Experiment  # one run (shardings replicated over the runs axis)
+    # One run on a mesh of every device (the runs axis folded into 'data'):
+    # what evaluates, keeps the best model and exports, one run at a time.
+    eval_exp: Experiment
     shardings: PopulationState  # of NamedSharding
     abstract_state: PopulationState  # of ShapeDtypeStruct with shardings
     hyper: dict[str, np.ndarray]  # make_optimizer overrides, one value per run
@@ -162,11 +166,11 @@ class Population:
                        donate_argnums=(0,) if donate else ())
 
     def run_state_fn(self):
-        """Jitted ``(population, r) -> run r's TrainState`` in the single run's
-        shardings (on every slice of the runs axis): what its evaluation,
-        best model and exports read."""
-        return jax.jit(lambda pop, r: jax.tree.map(lambda x: x[r], pop.runs),
+        """``(population, r) -> run r's TrainState`` on `eval_exp`'s mesh (every
+        device): what its evaluation, best model and exports read."""
+        take = jax.jit(lambda pop, r: jax.tree.map(lambda x: x[r], pop.runs),
                        in_shardings=(self.shardings, None), out_shardings=self.exp.shardings)
+        return lambda pop, r: jax.device_put(take(pop, r), self.eval_exp.shardings)
 
     def finite_fn(self):
         """Jitted ``population -> bool [R]``: every float of the run's params and
@@ -203,6 +207,13 @@ def build_population(config, spec: RunsSpec | None = None, *, devices=None, num_
     devices = list(jax.devices() if devices is None else devices)
     mesh = make_mesh(tuple(config.mesh_shape), devices=devices, runs=runs_axis(spec, len(devices)))
     exp = build_experiment(config, mesh=mesh, num_train_steps=num_train_steps, steps_per_epoch=steps_per_epoch)
+    # Evaluation uses every device for one run at a time: the runs axis folded
+    # into 'data' (same devices, same order), so no slice evaluates a copy.
+    runs_size, data, fsdp, tensor = mesh.devices.shape
+    eval_mesh = Mesh(mesh.devices.reshape(runs_size * data, fsdp, tensor), MESH_AXES,
+                     axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    eval_exp = build_experiment(config, mesh=eval_mesh, num_train_steps=num_train_steps,
+                                steps_per_epoch=steps_per_epoch)
     t_total = max(1, num_train_steps or 1)
     configs = [run_config(config, spec, r) for r in range(spec.count)]
     hyper = _hyperparameters(configs, t_total)
@@ -213,7 +224,7 @@ def build_population(config, spec: RunsSpec | None = None, *, devices=None, num_
                           exp.abstract_state, shardings.runs),
         alive=jax.ShapeDtypeStruct((spec.count,), jnp.bool_, sharding=shardings.alive),
     )
-    return Population(spec, configs, exp, shardings, abstract, hyper, t_total)
+    return Population(spec, configs, exp, eval_exp, shardings, abstract, hyper, t_total)
 
 
 def _hyperparameters(configs, t_total: int) -> dict[str, np.ndarray]:
@@ -323,7 +334,7 @@ def _train_population(config, workdir: pathlib.Path, train_datas, eval_splits, *
                            steps_per_epoch=schedule.steps_per_epoch)
     exp, task = pop.exp, pop.exp.task
     select = _select_key(config)
-    validate_eval_setup(config, task, eval_splits, exp.mesh)
+    validate_eval_setup(config, task, eval_splits, pop.eval_exp.mesh)
     log.info("%s task; %d runs (%s); mesh %s; %d steps (%d per epoch), eval every %d after step %d", task.name,
              spec.count, ", ".join(spec.names), describe_mesh(exp.mesh), schedule.total_steps,
              schedule.steps_per_epoch, schedule.eval_every, schedule.eval_start)
@@ -356,7 +367,7 @@ def _train_population(config, workdir: pathlib.Path, train_datas, eval_splits, *
     _share_records(workdir, runs)
     train_step = pop.make_train_step()
     run_state = pop.run_state_fn()
-    evaluator = exp.make_evaluator()
+    evaluator = pop.eval_exp.make_evaluator()
     decodes = [decode_config_from(c) if "decode_threshold" in spec.values else None for c in pop.configs]
     inputs = exp.task.inputs(spec.count * int(config.batch_size), train=True)
     pending: list[tuple[int, Any]] = []

@@ -204,19 +204,22 @@ def _build(config, devices, *, activation_constraints: bool = True) -> Built:
         exp = dataclasses.replace(exp, rules=None)
         if pop is not None:
             pop = dataclasses.replace(pop, exp=exp)
-    bsh = batch_sharding(exp.mesh)
-    state = exp.abstract_state  # ShapeDtypeStructs carrying their shardings
+    # A population evaluates one run at a time on a mesh of every device (`eval_exp`).
+    eval_exp = exp if pop is None else pop.eval_exp
+    if not activation_constraints:
+        eval_exp = dataclasses.replace(eval_exp, rules=None)
+    bsh = batch_sharding(eval_exp.mesh)
 
     def with_batch_sharding(b):
         return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh) for k, v in b.items()}
 
     # The abstract batches are the task's own statement of its inputs (jml_jax/contract.py).
     if pop is None:
-        step, train_args = exp.make_train_step(), (state, with_batch_sharding(exp.inputs(train=True)))
+        step, train_args = exp.make_train_step(), (exp.abstract_state, with_batch_sharding(exp.inputs(train=True)))
     else:  # every run's state and batch behind a leading [R] on the runs axis
         step, train_args = pop.make_train_step(), (pop.abstract_state, pop.inputs(train=True))
-    # Evaluation scores one run at a time with the single run's functions (jml_jax/population.py).
-    evaluator = exp.make_evaluator()
+    evaluator = eval_exp.make_evaluator()
+    state = eval_exp.abstract_state  # ShapeDtypeStructs carrying their shardings
     eval_batch = with_batch_sharding(exp.inputs(train=False))
     extract_args = (state.params, state.batch_stats, eval_batch)
     _, kept = jax.eval_shape(evaluator._extract, *extract_args)
@@ -670,7 +673,12 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
         "differentiated function, i.e. the optimizer update, `apply_updates`, the finite check and",
         "select, the gradient norm; collectives: every collective instruction; other: the rest) and",
         "each phase costed by XLA's host cost model, scaled by one ratio to the TPU's total, so the",
-        "five parts add up to the total.",
+        "five parts add up to the total. Bytes accessed include the asynchronous copies and slices by",
+        "which XLA's memory-space assignment moves arrays between HBM and the chip's on-chip memory",
+        "(layouts marked `S(1)` in the HLO text, `launch.plan --hlo_dir`): in the paper model's train step",
+        "on one v5e chip they are about four fifths of the optimizer phase by a plain operand + result",
+        "count, while the update itself reads each parameter, gradient and moment once. The memory",
+        "term, which divides all of them by the HBM bandwidth, is therefore pessimistic.",
         "",
         "Rows with several runs plan a population (`--runs=R`, jml_jax/population.py): R runs of the",
         "model trained as one program, the mesh's `runs` axis over the chips and each run on its own",
