@@ -69,6 +69,13 @@ def restore_for_eval(config, workdir, which="best", *, devices=None):
     """``(experiment, state)``: the run's checkpoint ``which`` ('best', 'latest'
     or a step) restored into this machine's mesh (``config.mesh_shape`` over
     ``devices``), whatever mesh wrote it. Nothing is initialised."""
+    runs_dir = pathlib.Path(workdir) / "runs"
+    if which == "best" and runs_dir.is_dir() and not (pathlib.Path(workdir) / "best").exists():
+        names = sorted(p.name for p in runs_dir.iterdir() if p.is_dir())
+        raise CheckpointError(pathlib.Path(workdir) / "best",
+                              f"{workdir} holds a population (runs.seeds): each run keeps its own best model; "
+                              f"evaluate one run, e.g. --workdir={runs_dir / (names[0] if names else 'seed_<seed>')} "
+                              "with that run's seed (its config.json)")
     exp = build_experiment(config, devices=devices)
     # create=False: a mistyped workdir is an error, not a new empty folder.
     # 'best' needs no checkpoints/ folder: a population's run folder has only best/.

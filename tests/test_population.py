@@ -286,3 +286,11 @@ def test_a_run_that_goes_non_finite_stops_and_the_others_go_on(tmp_path, config,
         _assert_same_run(config, tmp_path, 1, *alone[1])
     else:  # the run going on is the one alone, seen at its step metrics
         assert summary["runs"]["seed_1"]["final_step"] == TOTAL_STEPS
+
+
+def test_evaluating_a_population_folder_names_its_runs(tmp_path, config):
+    from jml_jax.checkpointing import CheckpointError
+
+    (tmp_path / "runs" / "seed_1").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"holds a population.*--workdir=.*runs/seed_1"):
+        evaluate_checkpoint(config, tmp_path, {})
