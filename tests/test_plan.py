@@ -99,7 +99,7 @@ def test_run_estimate_follows_the_schedule(tiny_plan):
         run["total_steps"] * tiny_plan["roofline_step_seconds"]
         + run["evaluations"] * 5 * tiny_plan["eval_roofline_batch_seconds"])
     table = plan_lib.scale_table([tiny_plan, {"topology": "v5e:2x2", "mesh": {"data": 3}, "error": "no"}], c)
-    assert "not measured times" in table and "| v5e:2x2 | 4 | 1 (0.25) | 2,1,2 | 4 |" in table
+    assert "not measured times" in table and "| v5e:2x2 | 4 | 1 (1) | 2,1,2 | 4 |" in table
 
 
 def test_loops_are_counted_trip_count_times():

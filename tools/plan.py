@@ -682,8 +682,8 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
         "",
         "Rows with several runs plan a population (`--runs=R`, jml_jax/population.py): R runs of the",
         "model trained as one program, the mesh's `runs` axis over the chips and each run on its own",
-        "mesh (the column's); \"runs (per chip)\" gives R and how many runs each chip holds (1/8: one run",
-        "spread over 8 chips). \"chip-s per run-step\" is the roofline step x chips / R: what one run's",
+        "mesh (the column's); \"runs (per chip)\" gives R and how many runs each chip works on (a run",
+        "spans the chips of its mesh). \"chip-s per run-step\" is the roofline step x chips / R: what one run's",
         "training step costs, the figure to compare between rows. A population's 50-epoch time counts",
         "its R runs' evaluations one after another.",
         "",
@@ -714,7 +714,7 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
         runs = p.get("runs", 1)
         chip_s = p.get("chip_seconds_per_run", p["roofline_step_seconds"] * p["num_devices"] / runs)
         lines.append(
-            f"| {p['topology']} | {p['num_devices']} | {runs} ({p.get('runs_per_device', 1 / p['num_devices']):g}) | "
+            f"| {p['topology']} | {p['num_devices']} | {runs} ({p.get('runs_per_device', 1):g}) | "
             f"{mesh} | {p['per_device_batch']} | "
             f"{_gib(p['total_bytes'])} | {'yes' if p['fits'] else 'NO'} | "
             f"{_gib(p['eval_total_bytes']) if 'eval_total_bytes' in p else 'n/a'} | "
