@@ -124,7 +124,6 @@ def test_config_population_trains_a_step_and_evaluates(name, arg, tmp_path):
     config.runs.learning_rate = (1e-5, 2e-5)
     config.lock()
     common.resolve_config_paths(config)
-    common.check_inputs(config)
     summary = train_population(config, tmp_path / "run", common.population_train_data(config),
                                common.eval_splits(config, config.eval_splits), devices=jax.devices()[:1])
     assert list(summary["runs"]) == ["seed_3", "seed_4"]
