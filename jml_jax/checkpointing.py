@@ -307,6 +307,9 @@ class BestModel:
         manager = self._best_manager() if folder.is_dir() else None
         step = manager.latest_step() if manager is not None else None
         if step is None:
+            if not folder.is_dir() and not (folder.parent / "checkpoints").is_dir():
+                raise CheckpointError(folder, f"no checkpoint directory: nothing was trained in {folder.parent} "
+                                              "(neither best/ nor checkpoints/; is the workdir right?)")
             raise CheckpointError(folder, "no best model saved (no evaluation has run, or no select_split)")
         return _restore_step(manager, folder / str(step), step, VARIABLES, dict(target))
 

@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from helpers import toy_model
 from jml_jax.checkpointing import (
+    BestModel,
     CheckpointError,
     CheckpointStructureError,
     Checkpointer,
@@ -140,6 +141,11 @@ def test_missing_directory_and_empty_workdir(tmp_path):
             ckpt.restore("latest", _target((1, 1, 1)))
         with pytest.raises(CheckpointError, match="no best model"):
             ckpt.restore_best({"params": {}})
+    # a folder with neither best/ nor checkpoints/ says nothing was trained there, and stays empty
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint directory: nothing was trained"):
+        BestModel(tmp_path / "empty", create=False).restore_best({"params": {}})
+    assert list((tmp_path / "empty").iterdir()) == []
 
 
 def test_partial_checkpoints_are_errors_not_fresh_starts(tmp_path, caplog):
