@@ -32,6 +32,8 @@ FIELDS = (
     "train_flops_per_example", "eval_flops_per_example", "argument_bytes", "output_bytes", "temp_bytes",
     "total_bytes", "hbm_bytes", "fits", "flops_per_step", "bytes_accessed", "collectives",
     "compile_seconds", "roofline_step_seconds", "mfu_bound", "collective_bytes", "bytes_split", "flops_split",
+    "hbm_traffic_bytes", "hbm_traffic_split", "roofline_hbm_traffic_step_seconds", "chip_seconds_per_run_hbm_traffic",
+    "parameters", "parameters_per_chip",
 )
 
 
@@ -100,6 +102,16 @@ def test_run_estimate_follows_the_schedule(tiny_plan):
         + run["evaluations"] * 5 * tiny_plan["eval_roofline_batch_seconds"])
     table = plan_lib.scale_table([tiny_plan, {"topology": "v5e:2x2", "mesh": {"data": 3}, "error": "no"}], c)
     assert "not measured times" in table and "| v5e:2x2 | 4 | 1 (1) | 2,1,2 | 4 |" in table
+    # Every row has as many cells as the header; the HBM-resident cell and the optimizer's bytes per parameter.
+    lines = table.splitlines()
+    header = next(line for line in lines if line.startswith("| slice |"))
+    row = next(line for line in lines if line.startswith("| v5e:2x2 | 4 |"))
+    assert header.count("|") == row.count("|")
+    traffic = tiny_plan["hbm_traffic_bytes"] / 1e9
+    assert f"| {traffic:.1f} (" in row and f"{tiny_plan['chip_seconds_per_run_hbm_traffic']:.3f} |" in row
+    per_param = tiny_plan["hbm_traffic_split"]["optimizer"] / tiny_plan["parameters_per_chip"]
+    assert f"v5e:2x2 mesh 2,1,2: {per_param:.1f} B" in table
+    assert tiny_plan["parameters_per_chip"] < tiny_plan["parameters"]  # tensor=2 shards some weights
 
 
 def test_loops_are_counted_trip_count_times():
@@ -173,6 +185,17 @@ def test_train_step_split_adds_up_and_follows_the_phases():
     ici = a["collective_bytes"] / plan_lib.CHIPS["v5e"].ici_bytes_per_s
     assert a["roofline_interconnect_seconds"] == pytest.approx(ici)
     assert a["roofline_seconds"] == max(a["roofline_compute_seconds"], a["roofline_memory_seconds"], ici)
+    # HBM-resident traffic: at least the step's arguments read and its results written once, at
+    # most what XLA counts with on-chip operands included; its roofline uses it as the memory term.
+    moved = a["hbm_traffic_bytes"]
+    assert a["argument_bytes"] + a["output_bytes"] <= moved <= a["bytes_accessed"]
+    assert sum(a["hbm_traffic_split"].values()) == pytest.approx(moved)
+    # The update reads the state from HBM and writes it back: most of this small step's HBM traffic
+    # (the activations and gradients stay on chip), and at least params, mu and nu written once.
+    assert a["hbm_traffic_split"]["optimizer"] >= max(0.5 * moved, 3 * param_bytes)
+    assert a["roofline_hbm_traffic_memory_seconds"] == pytest.approx(moved / plan_lib.CHIPS["v5e"].hbm_bytes_per_s)
+    assert a["roofline_hbm_traffic_seconds"] == max(a["roofline_compute_seconds"],
+                                                    a["roofline_hbm_traffic_memory_seconds"], ici)
 
 
 def test_interconnect_can_bound_the_roofline():
@@ -227,6 +250,45 @@ def test_collective_bytes_count_every_array_of_a_tuple():
         "collective-permute": {"count": 1, "bytes": 4 * 16},
     }
     assert hlo_stats.collective_bytes("(f32[1024]{0}, bf16[8,128]{1,0})") == 6144
+
+
+MEMORY_SPACES_HLO = """HloModule memory_spaces
+
+%fused_update (p: f32[256], g: f32[256]) -> f32[256] {
+  %p = f32[256]{0} parameter(0)
+  %g = f32[256]{0:S(1)} parameter(1)
+  ROOT %s = f32[256]{0} subtract(%p, %g)
+}
+
+ENTRY %main (w: f32[256], x: f32[1024]) -> (f32[256], f32[1024]) {
+  %w = f32[256]{0} parameter(0)
+  %x = f32[1024]{0} parameter(1)
+  %cs = (f32[256]{0:S(1)}, f32[256]{0}, u32[]) copy-start(%w)
+  %cd = f32[256]{0:S(1)} copy-done(%cs)
+  %ss = ((f32[1024]{0}), f32[128]{0:S(1)}, s32[]) slice-start(%x), slice={[0:128]}
+  %sd = f32[128]{0:S(1)} slice-done(%ss)
+  %neg = f32[256]{0:S(1)} negate(%cd), metadata={op_name="jit(step)/jvp(f)/neg"}
+  %upd = f32[256]{0} fusion(%w, %neg), kind=kLoop, calls=%fused_update
+  %ev = (f32[1024]{0}, f32[1024]{0:S(1)}, u32[]) copy-start(%sd)
+  %evd = f32[1024]{0} copy-done(%ev)
+  ROOT %out = (f32[256]{0}, f32[1024]{0}) tuple(%upd, %x)
+}
+"""
+
+
+def test_hbm_traffic_counts_only_what_crosses_hbm():
+    """Operands in on-chip memory (S(1)) cost no HBM traffic; a copy or slice between
+    memory spaces counts once on its HBM side; a fusion reads and writes its HBM
+    operands and result."""
+    got = hlo_stats.hbm_traffic(MEMORY_SPACES_HLO)
+    prefetch_w = 4 * 256          # copy-start: w read from HBM once (its S(1) copy is free)
+    slice_x = 4 * 128             # slice-start: the slice read from HBM, not all of x
+    negate = 0                    # all on chip
+    update = 4 * 256 + 4 * 256    # reads w from HBM, writes its result there (the S(1) operand is free)
+    evict = 4 * 1024              # copy-start of a result into HBM: written once
+    assert got["whole"] == prefetch_w + slice_x + negate + update + evict
+    # the prefetch that only the forward negate reads is the forward's; the rest has no op_name
+    assert got["forward"] == prefetch_w and sum(got[k] for k in hlo_stats.PHASES) == got["whole"]
 
 
 def test_clear_errors_before_compiling():
@@ -297,6 +359,8 @@ def test_a_population_plans_one_program_of_its_runs(runs, per_device):
     assert p["collectives"] == [] and p["collective_bytes"] == 0
     assert p["chip_seconds_per_run"] == pytest.approx(p["roofline_step_seconds"] * 4 / runs)
     assert p["fits"] is True and f"{runs} runs on a runs axis of 4" in plan_lib.summary_line(p)
+    # each chip holds whole runs: parameters of one run times the runs it works on
+    assert p["parameters_per_chip"] == per_device * p["parameters"]
 
 
 def test_a_population_mesh_that_does_not_fit_a_slice_is_refused():

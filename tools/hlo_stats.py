@@ -10,7 +10,8 @@ A collective's bytes are those of its result, every array of a tuple-shaped
 (combined) one (`collective_bytes`); an asynchronous pair counts once, at its
 ``-done``. `phase_costs` splits a train step's cost into forward, backward,
 optimizer, collectives and other by the instructions' ``op_name`` metadata
-(`classify_phases`).
+(`classify_phases`). `hbm_traffic` counts, per phase, only the bytes that
+live in HBM by the memory spaces XLA assigned (``S(n)`` layouts).
 """
 
 from __future__ import annotations
@@ -275,15 +276,16 @@ def classify_phases(instrs: Sequence[_Instr]) -> dict[str, str]:
       of the transposed, i.e. backward, pass ``transpose(jvp(...))``).
     * ``forward``: ``op_name`` with ``jvp(`` and no ``transpose(`` (the
       forward pass of ``value_and_grad``, linearized).
-    * ``optimizer``: an instruction that is neither of the above and depends,
-      through any chain of operands, on a backward instruction: everything
-      computed from the gradients (the optimizer update, ``apply_updates``,
-      the finite check and select, the gradient-norm metric).
-    * an unlabelled instruction that does not depend on the gradients takes
-      the phase of its users when they all share one of forward, backward,
-      optimizer (e.g. a copy of the optimizer state that only the update
-      reads); otherwise ``other`` (e.g. the step counter, the step's RNG
-      folding, copies with no metadata that several phases read).
+    * an unlabelled instruction (no ``op_name``) takes the phase of its users
+      when they all share one of forward, backward, optimizer (e.g. a copy of
+      the optimizer state that only the update reads, or a pad with no
+      metadata between two backward fusions);
+    * ``optimizer``: any other instruction that depends, through any chain of
+      operands, on a backward instruction: everything computed from the
+      gradients (the optimizer update, ``apply_updates``, the finite check
+      and select, the gradient-norm metric);
+    * ``other``: the rest (e.g. the step counter, the step's RNG folding,
+      copies with no metadata that several phases read).
     """
     phase: dict[str, str] = {}
     after: dict[str, bool] = {}
@@ -304,14 +306,17 @@ def classify_phases(instrs: Sequence[_Instr]) -> dict[str, str]:
         else:
             p = ""
         after[ins.name] = p == "backward" or any(after.get(o, False) for o in ops)
-        if not p and after[ins.name]:
-            p = "optimizer"
+        if not p and after[ins.name] and _OP_NAME.search(ins.line):
+            p = "optimizer"  # labelled, computed from the gradients
         phase[ins.name] = p
     for ins in reversed(order):
         if phase[ins.name]:
             continue
         got = {phase.get(u, "") for u in users.get(ins.name, [])}
-        phase[ins.name] = got.pop() if len(got) == 1 and got <= {"forward", "backward", "optimizer"} else "other"
+        if len(got) == 1 and got <= {"forward", "backward", "optimizer"}:
+            phase[ins.name] = got.pop()
+        else:
+            phase[ins.name] = "optimizer" if after[ins.name] else "other"
     return {ins.name: phase[ins.name] for ins in order}
 
 
@@ -400,4 +405,102 @@ def phase_costs(text: str) -> dict[str, dict[str, float]]:
             for k in ("flops", "bytes accessed"):
                 whole[k] += loop["times"] * (loop["trip_count"] - 1) * body[k]
     out["whole"] = whole
+    return out
+
+
+# Layouts of arrays XLA's memory-space assignment placed outside HBM (on TPU,
+# ``S(1)``: the chip's on-chip vector memory), e.g. ``f32[32]{0:T(128)S(1)}``.
+_ARRAY_LAYOUT = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
+_MEMORY_SPACE = re.compile(r"S\((\d+)\)")
+# Instructions that move no data of their own (bodies are counted where they run).
+_NO_TRAFFIC = frozenset({"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "after-all",
+                         "partition-id", "replica-id", "while", "conditional", "call", "copy-done",
+                         "slice-done", "opt-barrier"})
+
+
+def _arrays_in_memory(shape_text: str) -> list[tuple[int, bool]]:
+    """``[(bytes, in_hbm)]`` for every array of a shape: in HBM unless its layout
+    names a memory space other than 0."""
+    out = []
+    for dtype, dims, layout in _ARRAY_LAYOUT.findall(shape_text):
+        if dtype in _DTYPE_BYTES:
+            m = _MEMORY_SPACE.search(layout or "")
+            nbytes = _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+            out.append((nbytes, not m or m.group(1) == "0"))
+    return out
+
+
+def _instruction_hbm_bytes(ins: _Instr, shapes: dict[str, str]) -> int:
+    """Bytes one execution of a top-level instruction reads from or writes to HBM.
+
+    * asynchronous copies between memory spaces (``copy-start``, shape
+      ``(destination, source, context)``): the array once on each side that
+      is in HBM (a prefetch reads it, an eviction writes it); ``copy-done``
+      moves nothing more;
+    * asynchronous slices (``slice-start``, shape ``((operand), slice,
+      context)``): the slice, read if the operand is in HBM and written if
+      the slice is;
+    * asynchronous collectives: the operands in HBM at ``-start``, the
+      results in HBM at ``-done``;
+    * anything else (a fusion, a custom call, a plain copy): every operand
+      and result that is in HBM, in full. An operand in on-chip memory costs
+      no HBM traffic, which XLA's ``bytes accessed`` counts like the rest.
+    """
+    op = ins.op
+    if op in _NO_TRAFFIC:
+        return 0
+    result = _arrays_in_memory(ins.shape)
+    if op == "copy-start":
+        return sum(b for b, hbm in result[:2] if hbm)
+    if op == "slice-start":
+        operands = _arrays_in_memory(shapes.get(_operand_names(ins)[0], "")) if _operand_names(ins) else []
+        size, slice_in_hbm = result[-2] if len(result) >= 2 else (0, False)
+        return size * (int(bool(operands) and operands[0][1]) + int(slice_in_hbm))
+    operands = [a for o in _operand_names(ins) for a in _arrays_in_memory(shapes.get(o, ""))]
+    if _is_collective(op) and op.endswith("-start"):
+        return sum(b for b, hbm in operands if hbm)
+    if _is_collective(op) and op.endswith("-done"):
+        return sum(b for b, hbm in result if hbm)
+    return sum(b for b, hbm in operands + result if hbm)
+
+
+def hbm_traffic(text: str) -> dict[str, float]:
+    """Bytes per step that a compiled module moves to or from HBM, per phase.
+
+    A lower, memory-space-aware count beside XLA's ``bytes accessed``: on TPU,
+    memory-space assignment keeps many operands in on-chip memory (``S(1)``
+    layouts) and moves arrays there and back with asynchronous copies and
+    slices; XLA's cost analysis counts every operand and result of every
+    instruction, those copies included, as if all of it crossed HBM. Here
+    each executed (non-fused) instruction of the entry computation, the while
+    bodies and whatever they call counts only its HBM-resident bytes
+    (`_instruction_hbm_bytes`), times the runs of its computation per step
+    (loop trip counts), in the phase `classify_phases` gives it. Returns
+    ``{phase: bytes}`` for `PHASES` plus ``'whole'`` (their sum). It is still
+    an estimate: a fusion is taken to read its HBM operands whole (a fused
+    slice or in-place update reads less), and the cache-like reuse of arrays
+    that stay on chip across instructions is what makes it lower. On a
+    backend with no memory spaces (GPU, CPU) it is every operand and result.
+    """
+    comps, _ = _parse_module(text)
+    runs = summarize_hlo(text).runs
+    fused = set()
+    for instrs in comps.values():
+        for ins in instrs:
+            if ins.op == "fusion":
+                callee = _attr(_split_operands(ins.rest)[1], "calls")
+                if callee:
+                    fused.add(callee.lstrip("%"))
+    out = {p: 0.0 for p in PHASES}
+    for comp, instrs in comps.items():
+        times = runs.get(comp, 0.0)
+        if not times or comp in fused:
+            continue
+        shapes = {ins.name: ins.shape for ins in instrs}
+        phases = classify_phases(instrs)
+        for ins in instrs:
+            nbytes = _instruction_hbm_bytes(ins, shapes)
+            if nbytes:
+                out[phases.get(ins.name, "other")] += times * nbytes
+    out["whole"] = sum(out[p] for p in PHASES)
     return out

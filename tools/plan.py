@@ -11,7 +11,10 @@ the chip's published peak bf16 FLOP/s, HBM bandwidth and interconnect
 bandwidth (`CHIPS`) turns those into a step-time estimate (`analyse`): a
 compile-time estimate, never a measurement. The train step's FLOPs and bytes
 are split into forward, backward, optimizer, collectives and other
-(`phase_split`).
+(`phase_split`). Beside XLA's ``bytes accessed`` (every operand and result of
+every instruction, on-chip ones included), the plan counts the HBM-resident
+traffic (`tools.hlo_stats.hbm_traffic`, by the memory spaces XLA assigned)
+and a second roofline from it: the two bracket the memory term.
 
 Loops. XLA's ``cost_analysis`` counts the body of a while loop once, not times
 its trip count. The planner reads the compiled HLO itself (`tools.hlo_stats`):
@@ -38,7 +41,7 @@ from typing import Any, Callable, Sequence
 import jax
 
 from jml_jax.axes import DATA, FSDP, MESH_AXES
-from tools.hlo_stats import phase_costs, summarize_hlo, xla_cost
+from tools.hlo_stats import hbm_traffic, phase_costs, summarize_hlo, xla_cost
 
 # ---------------------------------------------------------------------------
 # Chips: published per-chip peak bf16 compute, HBM capacity, HBM bandwidth and
@@ -324,6 +327,12 @@ def analyse(compiled, compile_seconds: float, chip: ChipSpec, watch_trailing=(),
     per-chip interconnect bandwidth: a first-order term that ignores the
     algorithm (a ring all-reduce sends about twice its array) and the links a
     mesh axis actually uses. ``split=True`` adds `phase_split`.
+
+    ``hbm_traffic_*``: the same roofline with the memory term from the bytes
+    that cross HBM only (`tools.hlo_stats.hbm_traffic`: operands in on-chip
+    memory cost nothing, an asynchronous copy or slice between memory spaces
+    counts once), per phase; XLA's ``bytes accessed`` counts on-chip operands
+    and those copies too, so its memory term is the pessimistic one.
     """
     mem = compiled.memory_analysis()
     cost = _cost(compiled)
@@ -350,6 +359,7 @@ def analyse(compiled, compile_seconds: float, chip: ChipSpec, watch_trailing=(),
     code = getattr(mem, "generated_code_size_in_bytes", 0)
     total = arg + out - alias + temp + code
     collective_bytes = float(sum(c["bytes"] for c in hlo.collectives.values()))
+    traffic = hbm_traffic(text)
     seconds = {
         "compute": flops / chip.peak_bf16_flops_per_s,
         "memory": bytes_accessed / chip.hbm_bytes_per_s,
@@ -357,6 +367,9 @@ def analyse(compiled, compile_seconds: float, chip: ChipSpec, watch_trailing=(),
     }
     bound = max(seconds, key=seconds.get)
     step_s = seconds[bound]
+    # The same roofline with the memory term from HBM-resident traffic only.
+    hbm_seconds = dict(seconds, memory=traffic["whole"] / chip.hbm_bytes_per_s)
+    hbm_bound = max(hbm_seconds, key=hbm_seconds.get)
     result = {
         "argument_bytes": int(arg), "output_bytes": int(out), "alias_bytes": int(alias),
         "temp_bytes": int(temp), "code_bytes": int(code), "total_bytes": int(total),
@@ -370,6 +383,10 @@ def analyse(compiled, compile_seconds: float, chip: ChipSpec, watch_trailing=(),
         "roofline_interconnect_seconds": seconds["interconnect"],
         "roofline_seconds": step_s, "bound": bound,
         "mfu_bound": seconds["compute"] / step_s if step_s else 0.0,
+        "hbm_traffic_bytes": traffic["whole"],
+        "hbm_traffic_split": {k: traffic[k] for k in SPLIT_KEYS},
+        "roofline_hbm_traffic_memory_seconds": hbm_seconds["memory"],
+        "roofline_hbm_traffic_seconds": hbm_seconds[hbm_bound], "bound_hbm_traffic": hbm_bound,
         "_leading": hlo.leading_sizes,
     }
     if split:
@@ -447,6 +464,8 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
     except ValueError as err:  # e.g. groups that do not divide over the batch axes
         raise PlanError(f"{topology} mesh {mesh_sizes}: {err}") from err
     params = built.train_args[0].params if spec is None else built.train_args[0].runs.params
+    param_leaves = jax.tree.leaves(params)
+    runs_count = spec.count if spec is not None else 1
     hidden = params["bert"]["embeddings"]["word_embeddings"]["embedding"].shape[-1] if "bert" in params else None
     watch = [(int(config.data.max_seq_length), int(hidden))] if hidden else []
     result: dict[str, Any] = {
@@ -460,6 +479,9 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
         "estimate": "compile-time estimate (XLA cost model + published chip peaks), not a measured time",
         "runs": spec.count if spec is not None else 1, "runs_axis": axis,
         "runs_per_device": (spec.count if spec is not None else 1) / axis,
+        # Parameters of one run, and what one chip holds of every run's (its shards).
+        "parameters": int(sum(math.prod(a.shape) for a in param_leaves) // runs_count),
+        "parameters_per_chip": int(sum(math.prod(a.sharding.shard_shape(a.shape)) for a in param_leaves)),
     }
     if "train" in steps:
         compiled, secs = _compile(built.train_step, built.train_args,
@@ -478,6 +500,9 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
             "compile_seconds": train["compile_seconds"],
             "roofline_step_seconds": train["roofline_seconds"], "mfu_bound": train["mfu_bound"],
             "chip_seconds_per_run": train["roofline_seconds"] * len(devices) / result["runs"],
+            "hbm_traffic_bytes": train["hbm_traffic_bytes"], "hbm_traffic_split": train["hbm_traffic_split"],
+            "roofline_hbm_traffic_step_seconds": train["roofline_hbm_traffic_seconds"],
+            "chip_seconds_per_run_hbm_traffic": train["roofline_hbm_traffic_seconds"] * len(devices) / result["runs"],
             "train_flops_per_example": train["flops"] * len(devices) / (global_batch * result["runs"]),
             "train": train,
         })
@@ -562,6 +587,10 @@ def summary_line(p: dict[str, Any]) -> str:
                      f"roofline {p['roofline_step_seconds'] * 1e3:.1f} ms "
                      f"({p['train']['bound']}-bound, MFU bound {p['mfu_bound']:.2f}), "
                      f"{p['chip_seconds_per_run']:.3f} chip-s per run-step")
+        if "hbm_traffic_bytes" in p:
+            parts.append(f"HBM-resident traffic {p['hbm_traffic_bytes'] / 1e9:.1f} GB/chip/step "
+                         f"(roofline {p['roofline_hbm_traffic_step_seconds'] * 1e3:.1f} ms, "
+                         f"{p['chip_seconds_per_run_hbm_traffic']:.3f} chip-s per run-step)")
     if "eval_roofline_batch_seconds" in p:
         parts.append(f"eval batch {p['eval_roofline_batch_seconds'] * 1e3:.1f} ms")
     parts.append(f"compiled in {p['compile_seconds']:.0f} s")
@@ -611,6 +640,39 @@ def _split_cell(p: dict[str, Any]) -> str:
     if split:
         cell += " (" + " / ".join(f"{split[k] / 1e9:.1f}" for k in SPLIT_KEYS) + ")"
     return cell
+
+
+# BERTAdam in float32 (jml_jax/optim.py) reads each parameter, its gradient and
+# both moments and writes the parameter and both moments: 7 x 4 bytes; the
+# gradient norm of the clipping reads the gradient once more.
+UPDATE_FLOOR_BYTES, NORM_BYTES = 7 * 4, 4
+
+
+def optimizer_floor_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: each row's optimizer-phase HBM-resident bytes per parameter a
+    chip holds, against what one fused float32 BERTAdam pass must move."""
+    got = [p for p in rows if "error" not in p and p.get("parameters_per_chip") and "hbm_traffic_split" in p]
+    if not got:
+        return []
+    cells = []
+    for p in got:
+        mesh = ",".join(str(v) for v in p["mesh"].values())
+        runs = f", {p['runs']} runs" if p.get("runs", 1) > 1 else ""
+        per = p["hbm_traffic_split"]["optimizer"] / p["parameters_per_chip"]
+        cells.append(f"{p['topology']} mesh {mesh}{runs}: {per:.1f} B")
+    return ["", "The optimizer phase's HBM-resident bytes per parameter a chip holds (one fused float32 "
+            f"BERTAdam pass reads parameter, gradient and both moments and writes parameter and moments: "
+            f"{UPDATE_FLOOR_BYTES} B; the clipping's gradient norm reads the gradient once more: "
+            f"{UPDATE_FLOOR_BYTES + NORM_BYTES} B): " + "; ".join(cells) + "."]
+
+
+def _hbm_traffic_cell(p: dict[str, Any]) -> str:
+    """'18.6 (1.8 / 10.7 / 6.1 / 0.0 / 0.1); 22.7 ms; 0.023', or 'n/a' for an older plan."""
+    if "hbm_traffic_bytes" not in p:
+        return "n/a"
+    split = p["hbm_traffic_split"]
+    return (f"{p['hbm_traffic_bytes'] / 1e9:.1f} (" + " / ".join(f"{split[k] / 1e9:.1f}" for k in SPLIT_KEYS)
+            + f"); {p['roofline_hbm_traffic_step_seconds'] * 1e3:.1f} ms; {p['chip_seconds_per_run_hbm_traffic']:.3f}")
 
 
 # The paper's grids (tools/paper_table.GRIDS): rows of one dataset x one
@@ -673,12 +735,14 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
         "differentiated function, i.e. the optimizer update, `apply_updates`, the finite check and",
         "select, the gradient norm; collectives: every collective instruction; other: the rest) and",
         "each phase costed by XLA's host cost model, scaled by one ratio to the TPU's total, so the",
-        "five parts add up to the total. Bytes accessed include the asynchronous copies and slices by",
-        "which XLA's memory-space assignment moves arrays between HBM and the chip's on-chip memory",
-        "(layouts marked `S(1)` in the HLO text, `launch.plan --hlo_dir`): in the paper model's train step",
-        "on one v5e chip they are about four fifths of the optimizer phase by a plain operand + result",
-        "count, while the update itself reads each parameter, gradient and moment once. The memory",
-        "term, which divides all of them by the HBM bandwidth, is therefore pessimistic.",
+        "five parts add up to the total. Bytes accessed count every operand and result of every",
+        "instruction, those in the chip's on-chip memory included, and the asynchronous copies and slices",
+        "by which XLA's memory-space assignment moves arrays between HBM and on-chip memory (layouts",
+        "marked `S(1)` in the HLO text, `launch.plan --hlo_dir`), so their memory term is pessimistic.",
+        "The HBM-resident column counts only what crosses HBM (`tools.hlo_stats.hbm_traffic`: an",
+        "operand or result in on-chip memory costs nothing, a copy or slice between memory spaces counts",
+        "once, on its HBM side), split the same way, with the roofline and chip-seconds that memory term",
+        "gives: the two columns bracket the memory term. A plan made before this count shows n/a.",
         "",
         "Rows with several runs plan a population (`--runs=R`, jml_jax/population.py): R runs of the",
         "model trained as one program, the mesh's `runs` axis over the chips and each run on its own",
@@ -694,15 +758,16 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
         "| slice | chips | runs (per chip) | mesh of a run (data,fsdp,tensor) | per-device batch | train memory / chip | fits | "
         "eval memory / chip | TFLOP / chip / step | GB accessed / chip / step (forward / backward / optimizer / "
         "collectives / other) | collective MiB / chip / step | roofline step | bound | chip-s per run-step | "
+        "HBM-resident GB / chip / step (same split); its roofline; chip-s per run-step | "
         "50-epoch run (train + evals) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     old_rows = False
     for p in rows:
         mesh = ",".join(str(v) for v in (p.get("mesh") or {}).values()) or "config"
         if "error" in p:
-            lines.append(f"| {p['topology']} | | {p.get('runs', 1)} | {mesh} | refused: see note | | | | | | | | | | |")
+            lines.append(f"| {p['topology']} | | {p.get('runs', 1)} | {mesh} | refused: see note | | | | | | | | | | | |")
             notes.append(f"- {p['topology']} mesh {mesh}: {p['error']}")
             continue
         stale = "" if "bytes_split" in p else " (*)"
@@ -721,6 +786,7 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
             f"{p['flops_per_step'] / 1e12:.3f} | {_split_cell(p)} | "
             f"{_mib(p['collective_bytes']) if 'collective_bytes' in p else 'n/a'} | "
             f"{p['roofline_step_seconds'] * 1e3:.1f} ms | {p['train']['bound']}{stale} | {chip_s:.3f} | "
+            f"{_hbm_traffic_cell(p)} | "
             f"{_hours(run['total_seconds'])} ({_hours(run['train_seconds'])} + {_hours(run['eval_seconds'])}) |"
         )
     first = next((p for p in rows if "error" not in p), None)
@@ -736,6 +802,7 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
             "one extraction (which classifies the gold spans too) and one classification of the decoded "
             "spans per batch (host decoding not counted).",
         ]
+    lines += optimizer_floor_lines(rows)
     lines += grid_estimates(rows)
     if old_rows:
         lines += ["", "(*) Planned before the bytes split and the interconnect term (its JSON not regenerated "
