@@ -53,7 +53,7 @@ _GROUP_PREFIX = "group:"
 # ----------------------------------------------------------------------------
 # Schedules
 # ----------------------------------------------------------------------------
-def _first_step_past_warmup(t_total: int, warmup: float) -> int:
+def first_step_past_warmup(t_total: int, warmup: float) -> int:
     """Smallest integer k >= 0 with k / t_total >= warmup in float64.
 
     The original decides warmup vs decay with the Python float test
@@ -82,7 +82,7 @@ def warmup_linear_schedule(peak_lr: float, t_total: int, warmup: float = 0.1,
       peak_lr: learning rate reached at the end of warmup.
       t_total: the schedule length in updates (> 0).
       warmup: warmup proportion of t_total (0 or negative: no warmup).
-      switch: the first count past warmup, `_first_step_past_warmup(t_total,
+      switch: the first count past warmup, `first_step_past_warmup(t_total,
         warmup)` computed by the caller; then ``peak_lr`` and ``warmup`` may
         be traced scalars (one run of a population, jml_jax/population.py)
         and the rates are those of the same Python floats.
@@ -93,7 +93,7 @@ def warmup_linear_schedule(peak_lr: float, t_total: int, warmup: float = 0.1,
     if not t_total or t_total <= 0:
         raise ValueError(f"warmup_linear_schedule needs t_total > 0, got {t_total!r}")
     if switch is None:
-        switch = _first_step_past_warmup(t_total, warmup)
+        switch = first_step_past_warmup(t_total, warmup)
         warmup_div = warmup if warmup > 0 else 1.0  # unused branch when switch == 0
     else:
         warmup_div = jnp.where(jnp.asarray(warmup) > 0, jnp.asarray(warmup, jnp.float32), 1.0)

@@ -238,7 +238,7 @@ def _hyperparameters(configs, t_total: int) -> dict[str, np.ndarray]:
     }
     if configs[0].optimizer.get("schedule", "warmup_linear") == "warmup_linear":
         hyper["warmup_switch"] = np.asarray(
-            [optim._first_step_past_warmup(t_total, float(o.get("warmup_proportion", 0.1))) for o in opt], np.int32)
+            [optim.first_step_past_warmup(t_total, float(o.get("warmup_proportion", 0.1))) for o in opt], np.int32)
     return hyper
 
 

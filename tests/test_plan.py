@@ -100,6 +100,10 @@ def test_run_estimate_follows_the_schedule(tiny_plan):
     assert run["total_seconds"] == pytest.approx(
         run["total_steps"] * tiny_plan["roofline_step_seconds"]
         + run["evaluations"] * 5 * tiny_plan["eval_roofline_batch_seconds"])
+    assert run["total_seconds_hbm_traffic"] == pytest.approx(
+        run["total_steps"] * tiny_plan["roofline_hbm_traffic_step_seconds"]
+        + run["evaluations"] * 5 * tiny_plan["eval_roofline_hbm_traffic_batch_seconds"])
+    assert run["total_seconds_hbm_traffic"] <= run["total_seconds"]
     table = plan_lib.scale_table([tiny_plan, {"topology": "v5e:2x2", "mesh": {"data": 3}, "error": "no"}], c)
     assert "not measured times" in table and "| v5e:2x2 | 4 | 1 (1) | 2,1,2 | 4 |" in table
     # Every row has as many cells as the header; the HBM-resident cell and the optimizer's bytes per parameter.
@@ -112,6 +116,23 @@ def test_run_estimate_follows_the_schedule(tiny_plan):
     per_param = tiny_plan["hbm_traffic_split"]["optimizer"] / tiny_plan["parameters_per_chip"]
     assert f"v5e:2x2 mesh 2,1,2: {per_param:.1f} B" in table
     assert tiny_plan["parameters_per_chip"] < tiny_plan["parameters"]  # tensor=2 shards some weights
+
+
+def test_grid_estimates_multiply_each_way_by_its_programs():
+    """One run at a time pays rows x seeds runs; a population of the seeds pays one program per
+    row; the HBM-resident estimate follows in brackets where a plan has it."""
+    hour = 3600.0
+    single = {"topology": "v5e:2x4", "runs": 1, "mesh": {"data": 8, "fsdp": 1, "tensor": 1},
+              "run_estimate": {"total_seconds": 0.1 * hour, "total_seconds_hbm_traffic": 0.05 * hour}}
+    seeds = {"topology": "v5e:2x4", "runs": plan_lib.GRID_SEEDS, "mesh": {"data": 8, "fsdp": 1, "tensor": 1},
+             "run_estimate": {"total_seconds": 0.2 * hour}}
+    other_slice = dict(single, topology="v5p:2x2x1")
+    lines = plan_lib.grid_estimates([single, seeds, other_slice])
+    rows = [line for line in lines if line.startswith("| one run") or line.startswith("| each row")]
+    assert len(rows) == 2  # the v5p plan is not a v5e-8 way
+    n3 = plan_lib.GRID_ROWS["Table 3"]
+    assert f"| {plan_lib._hours(n3 * 3 * 0.1 * hour)} ({plan_lib._hours(n3 * 3 * 0.05 * hour)}) |" in rows[0]
+    assert f"| {plan_lib._hours(n3 * 0.2 * hour)} |" in rows[1] and "(" not in rows[1].split("|")[2]
 
 
 def test_loops_are_counted_trip_count_times():

@@ -121,7 +121,7 @@ def test_an_optimizer_with_traced_per_run_values_updates_as_the_config_does():
         return run()
 
     hyper = {k: jnp.asarray([r[k] for r in runs], jnp.float32) for k in runs[0]}
-    hyper["warmup_switch"] = jnp.asarray([optim._first_step_past_warmup(t_total, r["warmup_proportion"])
+    hyper["warmup_switch"] = jnp.asarray([optim.first_step_past_warmup(t_total, r["warmup_proportion"])
                                           for r in runs], jnp.int32)
 
     @jax.jit

@@ -512,7 +512,7 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
                 f"{global_batch // shards} rows: work is replicated over the batch axes"
             )
     if "eval" in steps:
-        evals, eval_flops, eval_seconds = {}, 0.0, 0.0
+        evals, eval_flops, eval_seconds, eval_hbm_seconds = {}, 0.0, 0.0, 0.0
         for name, (fn, args) in built.eval_fns.items():
             compiled, secs = _compile(fn, args, pathlib.Path(hlo_dir) / f"eval_{name}.hlo" if hlo_dir else None)
             a = analyse(compiled, secs, chip)
@@ -521,10 +521,12 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
             evals[name] = a
             eval_flops += a["flops"] * a["calls_per_batch"]
             eval_seconds += a["roofline_seconds"] * a["calls_per_batch"]
+            eval_hbm_seconds += a["roofline_hbm_traffic_seconds"] * a["calls_per_batch"]
         result.update({
             "eval_batch": eval_batch,
             "eval_flops_per_example": eval_flops * len(devices) / eval_batch,
             "eval_roofline_batch_seconds": eval_seconds,
+            "eval_roofline_hbm_traffic_batch_seconds": eval_hbm_seconds,
             "eval_total_bytes": max(e["total_bytes"] for e in evals.values()),
             "eval": evals,
         })
@@ -549,12 +551,18 @@ def run_estimate(plan_: dict[str, Any], config, *, train_examples: int, eval_exa
     train_s = sched.total_steps * plan_["roofline_step_seconds"]
     # A population trains its runs together and evaluates them one after another.
     eval_s = evals * batches * plan_.get("eval_roofline_batch_seconds", 0.0) * plan_.get("runs", 1)
-    return {
+    out = {
         "train_examples": train_examples, "eval_examples": list(eval_examples),
         "steps_per_epoch": sched.steps_per_epoch, "total_steps": sched.total_steps,
         "evaluations": evals, "eval_batches_per_evaluation": batches,
         "train_seconds": train_s, "eval_seconds": eval_s, "total_seconds": train_s + eval_s,
     }
+    if "roofline_hbm_traffic_step_seconds" in plan_ and "eval_roofline_hbm_traffic_batch_seconds" in plan_:
+        # The same run at the roofline whose memory term counts HBM-resident traffic only.
+        out["total_seconds_hbm_traffic"] = (
+            sched.total_steps * plan_["roofline_hbm_traffic_step_seconds"]
+            + evals * batches * plan_["eval_roofline_hbm_traffic_batch_seconds"] * plan_.get("runs", 1))
+    return out
 
 
 def _gib(n: float) -> str:
@@ -692,20 +700,25 @@ def grid_estimates(rows: Sequence[dict[str, Any]]) -> list[str]:
         if "error" in p or p.get("topology") != "v5e:2x4" or "run_estimate" not in p:
             continue
         runs, mesh = p.get("runs", 1), ",".join(str(v) for v in p["mesh"].values())
-        total = p["run_estimate"]["total_seconds"]
+        totals = (p["run_estimate"]["total_seconds"], p["run_estimate"].get("total_seconds_hbm_traffic"))
         if runs == 1:
-            ways.append((f"one run at a time, mesh {mesh}", lambda n, t=total: n * GRID_SEEDS * t))
+            ways.append((f"one run at a time, mesh {mesh}", GRID_SEEDS, totals))
         elif runs == GRID_SEEDS:
-            ways.append((f"each row's {runs} seeds as one program, each run on mesh {mesh}",
-                         lambda n, t=total: n * t))
+            ways.append((f"each row's {runs} seeds as one program, each run on mesh {mesh}", 1, totals))
     if not ways:
         return []
     lines = ["", f"The paper's grids on v5e-8 (v5e:2x4), {GRID_SEEDS} seeds per row, rows one after another "
-             "(rows differ in architecture, so each is its own program), at the rows' 50-epoch estimates above:", "",
+             "(rows differ in architecture, so each is its own program), at the rows' 50-epoch estimates above "
+             "(bytes-accessed roofline; HBM-resident roofline where the row has it):", "",
              "| way | " + " | ".join(f"{name} ({n} rows, {n * GRID_SEEDS} runs)" for name, n in GRID_ROWS.items())
              + " |", "|---|" + "---|" * len(GRID_ROWS)]
-    for label, time_of in ways:
-        lines.append(f"| {label} | " + " | ".join(_hours(time_of(n)) for n in GRID_ROWS.values()) + " |")
+
+    def cell(n, per_row, totals):
+        text = _hours(n * per_row * totals[0])
+        return text + (f" ({_hours(n * per_row * totals[1])})" if totals[1] is not None else "")
+
+    for label, per_row, totals in ways:
+        lines.append(f"| {label} | " + " | ".join(cell(n, per_row, totals) for n in GRID_ROWS.values()) + " |")
     return lines
 
 
@@ -787,7 +800,9 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
             f"{_mib(p['collective_bytes']) if 'collective_bytes' in p else 'n/a'} | "
             f"{p['roofline_step_seconds'] * 1e3:.1f} ms | {p['train']['bound']}{stale} | {chip_s:.3f} | "
             f"{_hbm_traffic_cell(p)} | "
-            f"{_hours(run['total_seconds'])} ({_hours(run['train_seconds'])} + {_hours(run['eval_seconds'])}) |"
+            f"{_hours(run['total_seconds'])} ({_hours(run['train_seconds'])} + {_hours(run['eval_seconds'])})"
+            + (f"; HBM-resident {_hours(run['total_seconds_hbm_traffic'])}" if "total_seconds_hbm_traffic" in run
+               else "") + " |"
         )
     first = next((p for p in rows if "error" not in p), None)
     if first is not None and "run_estimate" in first:
