@@ -7,7 +7,10 @@ The first form compiles the config's train step and eval functions for the
 slice and prints (and writes) per-chip memory, FLOPs, bytes accessed split
 into forward, backward, optimizer, collectives and other (``bytes_split``,
 ``flops_split``; method in `tools.plan.phase_split`), collectives and a
-roofline step time (compute, HBM or interconnect bound);
+roofline step time (compute, HBM or interconnect bound), and the traffic that
+crosses HBM by XLA's memory spaces (``hbm_traffic_bytes``,
+``hbm_traffic_split``; `tools.hlo_stats.hbm_traffic`) with the roofline it
+gives (``roofline_hbm_traffic_step_seconds``);
 ``--steps=train`` compiles only the train step. The second
 renders the scale table from plans written by the first (without ``--rows``,
 it plans `tools.plan.TABLE_ROWS` one after another first). Every time is a
