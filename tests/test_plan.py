@@ -312,6 +312,18 @@ def test_hbm_traffic_counts_only_what_crosses_hbm():
     assert got["forward"] == prefetch_w and sum(got[k] for k in hlo_stats.PHASES) == got["whole"]
 
 
+def test_hbm_traffic_cli_lists_the_largest_movers(tmp_path, capsys):
+    hlo = tmp_path / "train_step.hlo"
+    hlo.write_text(MEMORY_SPACES_HLO)
+    top = hlo_stats.largest_hbm_instructions(MEMORY_SPACES_HLO, count=2)
+    assert [(r["name"], r["bytes"]) for r in top] == [("ev", 4 * 1024), ("upd", 4 * 256 * 2)]
+    assert [r["name"] for r in hlo_stats.largest_hbm_instructions(MEMORY_SPACES_HLO, phase="forward")] == ["cs"]
+    assert hlo_stats.main([str(hlo), "--top", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(f"whole {(4 * 256 + 4 * 128 + 4 * 512 + 4 * 1024) / 1e9:.3f} GB") and len(out) == 2
+    assert " ev " in out[1] and "0.0 MB" in out[1]
+
+
 def test_clear_errors_before_compiling():
     c = tiny_config()
     with pytest.raises(plan_lib.PlanError, match="does not fit topology"):

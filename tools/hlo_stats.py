@@ -464,6 +464,30 @@ def _instruction_hbm_bytes(ins: _Instr, shapes: dict[str, str]) -> int:
     return sum(b for b, hbm in operands + result if hbm)
 
 
+def _hbm_rows(text: str):
+    """``(bytes per step, phase, instruction)`` of every executed (non-fused)
+    instruction that moves HBM bytes (`_instruction_hbm_bytes`)."""
+    comps, _ = _parse_module(text)
+    runs = summarize_hlo(text).runs
+    fused = set()
+    for instrs in comps.values():
+        for ins in instrs:
+            if ins.op == "fusion":
+                callee = _attr(_split_operands(ins.rest)[1], "calls")
+                if callee:
+                    fused.add(callee.lstrip("%"))
+    for comp, instrs in comps.items():
+        times = runs.get(comp, 0.0)
+        if not times or comp in fused:
+            continue
+        shapes = {ins.name: ins.shape for ins in instrs}
+        phases = classify_phases(instrs)
+        for ins in instrs:
+            nbytes = _instruction_hbm_bytes(ins, shapes)
+            if nbytes:
+                yield times * nbytes, phases.get(ins.name, "other"), ins
+
+
 def hbm_traffic(text: str) -> dict[str, float]:
     """Bytes per step that a compiled module moves to or from HBM, per phase.
 
@@ -478,29 +502,51 @@ def hbm_traffic(text: str) -> dict[str, float]:
     (loop trip counts), in the phase `classify_phases` gives it. Returns
     ``{phase: bytes}`` for `PHASES` plus ``'whole'`` (their sum). It is still
     an estimate: a fusion is taken to read its HBM operands whole (a fused
-    slice or in-place update reads less), and the cache-like reuse of arrays
-    that stay on chip across instructions is what makes it lower. On a
+    gather, slice or in-place update reads less), and the cache-like reuse of
+    arrays that stay on chip across instructions is what makes it lower. On a
     backend with no memory spaces (GPU, CPU) it is every operand and result.
     """
-    comps, _ = _parse_module(text)
-    runs = summarize_hlo(text).runs
-    fused = set()
-    for instrs in comps.values():
-        for ins in instrs:
-            if ins.op == "fusion":
-                callee = _attr(_split_operands(ins.rest)[1], "calls")
-                if callee:
-                    fused.add(callee.lstrip("%"))
     out = {p: 0.0 for p in PHASES}
-    for comp, instrs in comps.items():
-        times = runs.get(comp, 0.0)
-        if not times or comp in fused:
-            continue
-        shapes = {ins.name: ins.shape for ins in instrs}
-        phases = classify_phases(instrs)
-        for ins in instrs:
-            nbytes = _instruction_hbm_bytes(ins, shapes)
-            if nbytes:
-                out[phases.get(ins.name, "other")] += times * nbytes
+    for nbytes, phase, _ in _hbm_rows(text):
+        out[phase] += nbytes
     out["whole"] = sum(out[p] for p in PHASES)
     return out
+
+
+def largest_hbm_instructions(text: str, phase: str | None = None, count: int = 20) -> list[dict]:
+    """The ``count`` instructions that move the most HBM bytes per step (of
+    ``phase`` if given): ``{'bytes', 'phase', 'op', 'name', 'shape', 'op_name'}``."""
+    rows = [r for r in _hbm_rows(text) if phase is None or r[1] == phase]
+    rows.sort(key=lambda r: -r[0])
+    out = []
+    for nbytes, p, ins in rows[:count]:
+        m = _OP_NAME.search(ins.line)
+        out.append({"bytes": nbytes, "phase": p, "op": ins.op, "name": ins.name, "shape": ins.shape,
+                    "op_name": m.group(1) if m else ""})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tools.hlo_stats train_step.hlo [--phase optimizer] [--top 20]``: the
+    HBM-resident traffic of a compiled module written by ``launch.plan --hlo_dir``,
+    per phase, and the instructions that move the most of it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
+    parser.add_argument("hlo", help="compiled HLO text (launch.plan --hlo_dir writes train_step.hlo)")
+    parser.add_argument("--phase", choices=PHASES, default=None, help="only this phase's instructions")
+    parser.add_argument("--top", type=int, default=20, help="how many instructions to list")
+    args = parser.parse_args(argv)
+    with open(args.hlo) as f:
+        text = f.read()
+    traffic = hbm_traffic(text)
+    print("HBM-resident traffic per step: " + ", ".join(f"{p} {traffic[p] / 1e9:.3f} GB" for p in PHASES)
+          + f"; whole {traffic['whole'] / 1e9:.3f} GB")
+    for r in largest_hbm_instructions(text, args.phase, args.top):
+        print(f"{r['bytes'] / 1e6:10.1f} MB  {r['phase']:<11} {r['op']:<13} {r['name']:<32} "
+              f"{r['shape'][:60]}  {r['op_name'][-80:]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

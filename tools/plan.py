@@ -756,6 +756,8 @@ def scale_table(rows: Sequence[dict[str, Any]], config, *, command: str = "") ->
         "operand or result in on-chip memory costs nothing, a copy or slice between memory spaces counts",
         "once, on its HBM side), split the same way, with the roofline and chip-seconds that memory term",
         "gives: the two columns bracket the memory term. A plan made before this count shows n/a.",
+        "`python -m tools.hlo_stats train_step.hlo --phase=optimizer` lists the instructions that move",
+        "the most of it in a module written by `launch.plan --hlo_dir`.",
         "",
         "Rows with several runs plan a population (`--runs=R`, jml_jax/population.py): R runs of the",
         "model trained as one program, the mesh's `runs` axis over the chips and each run on its own",
