@@ -29,7 +29,8 @@ _DTYPE_BYTES = {
     "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
     "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
 }
-_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+# dtype[dims]{layout}: the layout (tiling, memory space S(n)) is optional.
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([\w\-]+)\((.*)$")
 _COMP = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
@@ -38,7 +39,7 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 
 def _arrays(shape_text: str) -> list[tuple[str, tuple[int, ...]]]:
     out = []
-    for dtype, dims in _ARRAY.findall(shape_text):
+    for dtype, dims, _ in _ARRAY.findall(shape_text):
         if dtype in _DTYPE_BYTES:
             out.append((dtype, tuple(int(d) for d in dims.split(",") if d)))
     return out
@@ -408,9 +409,9 @@ def phase_costs(text: str) -> dict[str, dict[str, float]]:
     return out
 
 
-# Layouts of arrays XLA's memory-space assignment placed outside HBM (on TPU,
-# ``S(1)``: the chip's on-chip vector memory), e.g. ``f32[32]{0:T(128)S(1)}``.
-_ARRAY_LAYOUT = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
+# The memory space in a layout: XLA's memory-space assignment places arrays
+# outside HBM (on TPU, ``S(1)``: the chip's on-chip vector memory), e.g.
+# ``f32[32]{0:T(128)S(1)}``.
 _MEMORY_SPACE = re.compile(r"S\((\d+)\)")
 # Instructions that move no data of their own (bodies are counted where they run).
 _NO_TRAFFIC = frozenset({"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "after-all",
@@ -422,7 +423,7 @@ def _arrays_in_memory(shape_text: str) -> list[tuple[int, bool]]:
     """``[(bytes, in_hbm)]`` for every array of a shape: in HBM unless its layout
     names a memory space other than 0."""
     out = []
-    for dtype, dims, layout in _ARRAY_LAYOUT.findall(shape_text):
+    for dtype, dims, layout in _ARRAY.findall(shape_text):
         if dtype in _DTYPE_BYTES:
             m = _MEMORY_SPACE.search(layout or "")
             nbytes = _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
@@ -452,11 +453,12 @@ def _instruction_hbm_bytes(ins: _Instr, shapes: dict[str, str]) -> int:
     result = _arrays_in_memory(ins.shape)
     if op == "copy-start":
         return sum(b for b, hbm in result[:2] if hbm)
+    names = _operand_names(ins)
     if op == "slice-start":
-        operands = _arrays_in_memory(shapes.get(_operand_names(ins)[0], "")) if _operand_names(ins) else []
+        sliced = _arrays_in_memory(shapes.get(names[0], "")) if names else []
         size, slice_in_hbm = result[-2] if len(result) >= 2 else (0, False)
-        return size * (int(bool(operands) and operands[0][1]) + int(slice_in_hbm))
-    operands = [a for o in _operand_names(ins) for a in _arrays_in_memory(shapes.get(o, ""))]
+        return size * (int(bool(sliced) and sliced[0][1]) + int(slice_in_hbm))
+    operands = [a for o in names for a in _arrays_in_memory(shapes.get(o, ""))]
     if _is_collective(op) and op.endswith("-start"):
         return sum(b for b, hbm in operands if hbm)
     if _is_collective(op) and op.endswith("-done"):
@@ -506,8 +508,12 @@ def hbm_traffic(text: str) -> dict[str, float]:
     arrays that stay on chip across instructions is what makes it lower. On a
     backend with no memory spaces (GPU, CPU) it is every operand and result.
     """
+    return _phase_totals(_hbm_rows(text))
+
+
+def _phase_totals(rows) -> dict[str, float]:
     out = {p: 0.0 for p in PHASES}
-    for nbytes, phase, _ in _hbm_rows(text):
+    for nbytes, phase, _ in rows:
         out[phase] += nbytes
     out["whole"] = sum(out[p] for p in PHASES)
     return out
@@ -516,8 +522,11 @@ def hbm_traffic(text: str) -> dict[str, float]:
 def largest_hbm_instructions(text: str, phase: str | None = None, count: int = 20) -> list[dict]:
     """The ``count`` instructions that move the most HBM bytes per step (of
     ``phase`` if given): ``{'bytes', 'phase', 'op', 'name', 'shape', 'op_name'}``."""
-    rows = [r for r in _hbm_rows(text) if phase is None or r[1] == phase]
-    rows.sort(key=lambda r: -r[0])
+    return _largest(list(_hbm_rows(text)), phase, count)
+
+
+def _largest(rows, phase: str | None, count: int) -> list[dict]:
+    rows = sorted((r for r in rows if phase is None or r[1] == phase), key=lambda r: -r[0])
     out = []
     for nbytes, p, ins in rows[:count]:
         m = _OP_NAME.search(ins.line)
@@ -539,10 +548,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with open(args.hlo) as f:
         text = f.read()
-    traffic = hbm_traffic(text)
+    rows = list(_hbm_rows(text))  # one pass over the module for both
+    traffic = _phase_totals(rows)
     print("HBM-resident traffic per step: " + ", ".join(f"{p} {traffic[p] / 1e9:.3f} GB" for p in PHASES)
           + f"; whole {traffic['whole'] / 1e9:.3f} GB")
-    for r in largest_hbm_instructions(text, args.phase, args.top):
+    for r in _largest(rows, args.phase, args.top):
         print(f"{r['bytes'] / 1e6:10.1f} MB  {r['phase']:<11} {r['op']:<13} {r['name']:<32} "
               f"{r['shape'][:60]}  {r['op_name'][-80:]}")
     return 0

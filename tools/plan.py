@@ -477,8 +477,7 @@ def plan(config, topology: str, mesh: Sequence[int] | None = None, *, steps: Seq
         "chip_spec": dataclasses.asdict(chip),
         "activation_constraints": bool(activation_constraints),
         "estimate": "compile-time estimate (XLA cost model + published chip peaks), not a measured time",
-        "runs": spec.count if spec is not None else 1, "runs_axis": axis,
-        "runs_per_device": (spec.count if spec is not None else 1) / axis,
+        "runs": runs_count, "runs_axis": axis, "runs_per_device": runs_count / axis,
         # Parameters of one run, and what one chip holds of every run's (its shards).
         "parameters": int(sum(math.prod(a.shape) for a in param_leaves) // runs_count),
         "parameters_per_chip": int(sum(math.prod(a.sharding.shard_shape(a.shape)) for a in param_leaves)),
@@ -548,9 +547,12 @@ def run_estimate(plan_: dict[str, Any], config, *, train_examples: int, eval_exa
     sched = Schedule.from_config(config, train_examples)
     evals = sum(1 for s in range(1, sched.total_steps + 1) if sched.is_eval_step(s))
     batches = sum(math.ceil(n / int(config.eval_batch_size)) for n in eval_examples)
-    train_s = sched.total_steps * plan_["roofline_step_seconds"]
-    # A population trains its runs together and evaluates them one after another.
-    eval_s = evals * batches * plan_.get("eval_roofline_batch_seconds", 0.0) * plan_.get("runs", 1)
+
+    def seconds(step_s: float, eval_batch_s: float) -> tuple[float, float]:
+        # A population trains its runs together and evaluates them one after another.
+        return sched.total_steps * step_s, evals * batches * eval_batch_s * plan_.get("runs", 1)
+
+    train_s, eval_s = seconds(plan_["roofline_step_seconds"], plan_.get("eval_roofline_batch_seconds", 0.0))
     out = {
         "train_examples": train_examples, "eval_examples": list(eval_examples),
         "steps_per_epoch": sched.steps_per_epoch, "total_steps": sched.total_steps,
@@ -559,9 +561,8 @@ def run_estimate(plan_: dict[str, Any], config, *, train_examples: int, eval_exa
     }
     if "roofline_hbm_traffic_step_seconds" in plan_ and "eval_roofline_hbm_traffic_batch_seconds" in plan_:
         # The same run at the roofline whose memory term counts HBM-resident traffic only.
-        out["total_seconds_hbm_traffic"] = (
-            sched.total_steps * plan_["roofline_hbm_traffic_step_seconds"]
-            + evals * batches * plan_["eval_roofline_hbm_traffic_batch_seconds"] * plan_.get("runs", 1))
+        out["total_seconds_hbm_traffic"] = sum(seconds(plan_["roofline_hbm_traffic_step_seconds"],
+                                                       plan_["eval_roofline_hbm_traffic_batch_seconds"]))
     return out
 
 
@@ -642,12 +643,14 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.1f}"
 
 
+def _split_gb(split: dict[str, float]) -> str:
+    """'(9.5 / 15.1 / 24.4 / 1.0 / 0.5)': a split's parts in GB, in `SPLIT_KEYS` order."""
+    return "(" + " / ".join(f"{split[k] / 1e9:.1f}" for k in SPLIT_KEYS) + ")"
+
+
 def _split_cell(p: dict[str, Any]) -> str:
     split = p.get("bytes_split")
-    cell = f"{p['bytes_accessed'] / 1e9:.1f}"
-    if split:
-        cell += " (" + " / ".join(f"{split[k] / 1e9:.1f}" for k in SPLIT_KEYS) + ")"
-    return cell
+    return f"{p['bytes_accessed'] / 1e9:.1f}" + (f" {_split_gb(split)}" if split else "")
 
 
 # BERTAdam in float32 (jml_jax/optim.py) reads each parameter, its gradient and
@@ -678,9 +681,8 @@ def _hbm_traffic_cell(p: dict[str, Any]) -> str:
     """'18.6 (1.8 / 10.7 / 6.1 / 0.0 / 0.1); 22.7 ms; 0.023', or 'n/a' for an older plan."""
     if "hbm_traffic_bytes" not in p:
         return "n/a"
-    split = p["hbm_traffic_split"]
-    return (f"{p['hbm_traffic_bytes'] / 1e9:.1f} (" + " / ".join(f"{split[k] / 1e9:.1f}" for k in SPLIT_KEYS)
-            + f"); {p['roofline_hbm_traffic_step_seconds'] * 1e3:.1f} ms; {p['chip_seconds_per_run_hbm_traffic']:.3f}")
+    return (f"{p['hbm_traffic_bytes'] / 1e9:.1f} {_split_gb(p['hbm_traffic_split'])}; "
+            f"{p['roofline_hbm_traffic_step_seconds'] * 1e3:.1f} ms; {p['chip_seconds_per_run_hbm_traffic']:.3f}")
 
 
 # The paper's grids (tools/paper_table.GRIDS): rows of one dataset x one
