@@ -1,8 +1,8 @@
 """tools/benchmarks.py subcommands (python -m launch.benchmark) run at tiny sizes and report sane fields.
 
 Speed is never asserted (the machine is shared); only that each benchmark
-runs what it claims and reports positive rates, the fields the README table
-is built from, and consistent counts.
+runs what it claims and reports positive rates, the fields the docs/benchmarks.md tables
+are built from, and consistent counts.
 """
 
 from __future__ import annotations
